@@ -1,0 +1,207 @@
+//! Configuration from environment variables (contract §4). Values that may hold passwords are
+//! kept in [`Secret`], whose `Debug` never prints them; errors name the variable, not its value.
+
+use std::time::Duration;
+
+pub const DEFAULT_CACHE_TTL_SECS: u64 = 300;
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const REDIS_MAX_ATTEMPTS: u32 = 3;
+
+/// A string that must not reach logs or response bodies.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A URL fit for logs: the password (if any) replaced by `***`.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error in {variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            variable,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: Secret,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub max_attempts: u32,
+    pub pool_size: usize,
+}
+
+impl RedisSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: Secret::new(url),
+            connect_timeout: REDIS_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_REDIS_COMMAND_TIMEOUT,
+            max_attempts: REDIS_MAX_ATTEMPTS,
+            pool_size: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Secret,
+    pub database_pool_size: u32,
+    /// `None`: no `REDIS_URL`, use the in-memory cache.
+    pub redis: Option<RedisSettings>,
+    pub cache_ttl: Duration,
+    pub override_rate_limit: u32,
+}
+
+impl Config {
+    /// Defaults suit a Lambda function: one request at a time, so one database connection and
+    /// one Redis connection.
+    pub fn new(database_url: impl Into<String>, redis_url: Option<String>) -> Self {
+        Self {
+            database_url: Secret::new(database_url),
+            database_pool_size: 1,
+            redis: redis_url
+                .filter(|u| !u.trim().is_empty())
+                .map(RedisSettings::new),
+            cache_ttl: Duration::from_secs(DEFAULT_CACHE_TTL_SECS),
+            override_rate_limit: crate::rate_limit::DEFAULT_LIMIT,
+        }
+    }
+
+    /// Reads the optional tuning variables on top of already-resolved URLs (which may come from
+    /// the environment, SSM or local defaults; see the HTTP crate).
+    pub fn with_env_overrides(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        if let Some(ttl) = parse_var(&lookup, "FLAG_CACHE_TTL_SECONDS", 1..=86_400)? {
+            self.cache_ttl = Duration::from_secs(ttl);
+        }
+        if let Some(size) = parse_var(&lookup, "DATABASE_POOL_SIZE", 1..=100)? {
+            self.database_pool_size = size as u32;
+        }
+        if let Some(limit) = parse_var(&lookup, "OVERRIDE_RATE_LIMIT_PER_HOUR", 1..=1_000_000)? {
+            self.override_rate_limit = limit as u32;
+        }
+        if let Some(redis) = self.redis.as_mut() {
+            if let Some(ms) = parse_var(&lookup, "REDIS_COMMAND_TIMEOUT_MS", 10..=10_000)? {
+                redis.command_timeout = Duration::from_millis(ms);
+            }
+            if let Some(size) = parse_var(
+                &lookup,
+                "REDIS_POOL_SIZE",
+                1..=crate::redis_client::MAX_POOL_SIZE as u64,
+            )? {
+                redis.pool_size = size as usize;
+            }
+        }
+        Ok(self)
+    }
+}
+
+fn parse_var(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, ConfigError> {
+    let Some(raw) = lookup(variable).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match raw.trim().parse::<u64>() {
+        Ok(value) if range.contains(&value) => Ok(Some(value)),
+        _ => Err(ConfigError::new(
+            variable,
+            format!(
+                "must be an integer from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("rediss://:s3cret@cache.example:6379/0"),
+            "rediss://:***@cache.example:6379/0"
+        );
+        assert_eq!(
+            redact_url("postgres://app:pw@db/flags"),
+            "postgres://app:***@db/flags"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert!(!format!("{:?}", Secret::new("pw")).contains("pw"));
+    }
+
+    #[test]
+    fn tuning_variables_are_validated() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let config = Config::new("sqlite::memory:", Some("redis://x".into()))
+            .with_env_overrides(env(&[
+                ("FLAG_CACHE_TTL_SECONDS", "60"),
+                ("REDIS_POOL_SIZE", "4"),
+            ]))
+            .unwrap();
+        assert_eq!(config.cache_ttl, Duration::from_secs(60));
+        assert_eq!(config.redis.unwrap().pool_size, 4);
+        let error = Config::new("x", None)
+            .with_env_overrides(env(&[("FLAG_CACHE_TTL_SECONDS", "-1")]))
+            .unwrap_err();
+        assert_eq!(error.variable, "FLAG_CACHE_TTL_SECONDS");
+        let error = Config::new("x", Some("redis://x".into()))
+            .with_env_overrides(env(&[("REDIS_POOL_SIZE", "11")]))
+            .unwrap_err();
+        assert_eq!(error.variable, "REDIS_POOL_SIZE");
+        assert!(Config::new("x", Some("  ".into())).redis.is_none());
+    }
+}

@@ -1,0 +1,195 @@
+//! Flag evaluation (contract §1.1). Batch evaluation is single evaluation applied to every flag,
+//! so the two cannot disagree.
+
+use super::{Flag, FlagSet, OverrideType, UserOverrides};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Who is asking: the caller's user id (the token's `sub`) and that user's overrides.
+#[derive(Debug, Clone, Copy)]
+pub struct EvaluationContext<'a> {
+    pub user_id: Option<&'a str>,
+    pub overrides: &'a UserOverrides,
+}
+
+/// The rollout bucket of a user: the first four bytes of SHA-256(UTF-8 id), big-endian, mod 100.
+/// Bit-compatible with the original service so users keep their cohort.
+pub fn bucket(user_id: &str) -> u8 {
+    let digest = Sha256::digest(user_id.as_bytes());
+    let head = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    // `head % 100` is below 100, so the cast cannot truncate.
+    (head % 100) as u8
+}
+
+/// Evaluates one flag for one caller; the rules apply in order, first match wins.
+pub fn evaluate(flag: Option<&Flag>, ctx: EvaluationContext<'_>) -> bool {
+    let Some(flag) = flag else { return false };
+    if !flag.enabled {
+        return false; // kill switch beats every override
+    }
+    match ctx.overrides.get(&flag.flag_key) {
+        Some(OverrideType::Exclude) => return false,
+        Some(OverrideType::Include) => return true,
+        None => {}
+    }
+    if flag.rollout_percentage >= 100 {
+        return true;
+    }
+    if flag.rollout_percentage <= 0 {
+        return false;
+    }
+    match ctx.user_id.filter(|id| !id.is_empty()) {
+        // Changed on purpose: anonymous callers are outside every partial rollout.
+        None => false,
+        Some(id) => i32::from(bucket(id)) < flag.rollout_percentage,
+    }
+}
+
+/// Evaluates every flag of an environment for one caller.
+pub fn evaluate_all(flags: &FlagSet, ctx: EvaluationContext<'_>) -> BTreeMap<String, bool> {
+    flags
+        .iter()
+        .map(|(key, flag)| (key.clone(), evaluate(Some(flag), ctx)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Timestamp;
+    use uuid::Uuid;
+
+    /// Expectations produced independently with Python:
+    /// `int.from_bytes(hashlib.sha256(s.encode()).digest()[:4], "big") % 100`.
+    /// The first three are the contract's published examples.
+    const BUCKET_VECTORS: &[(&str, u8)] = &[
+        ("user-123", 35),
+        ("user-456", 15),
+        ("dev-user", 40),
+        ("", 10),
+        ("a", 10),
+        ("alice", 1),
+        ("bob", 12),
+        ("admin", 57),
+        ("user-0", 73),
+        ("user-1", 52),
+        ("user-99", 36),
+        ("00000000-0000-0000-0000-000000000000", 52),
+        ("550e8400-e29b-41d4-a716-446655440000", 29),
+        ("José", 37),
+        ("Zoë", 44),
+        ("用户", 2),
+        ("😀", 88),
+        ("Ωmega", 34),
+        ("naïve café", 44),
+        ("UPPER", 61),
+        ("user with spaces", 14),
+        ("tab\there", 19),
+        ("emoji-🚀-rocket", 86),
+        ("ß", 70),
+    ];
+
+    #[test]
+    fn bucket_is_bit_compatible_with_the_original() {
+        for (id, expected) in BUCKET_VECTORS {
+            assert_eq!(bucket(id), *expected, "bucket({id:?})");
+        }
+        assert_eq!(bucket(&"x".repeat(255)), 50);
+    }
+
+    fn flag(key: &str, enabled: bool, rollout: i32) -> Flag {
+        let now = Timestamp::now();
+        Flag {
+            id: Uuid::new_v4(),
+            flag_key: key.to_owned(),
+            environment: "production".to_owned(),
+            enabled,
+            rollout_percentage: rollout,
+            description: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn ctx<'a>(user: Option<&'a str>, overrides: &'a UserOverrides) -> EvaluationContext<'a> {
+        EvaluationContext {
+            user_id: user,
+            overrides,
+        }
+    }
+
+    #[test]
+    fn rules_apply_in_order() {
+        let none = UserOverrides::new();
+        let include: UserOverrides = [("f".to_owned(), OverrideType::Include)].into();
+        let exclude: UserOverrides = [("f".to_owned(), OverrideType::Exclude)].into();
+        // 1. missing flag
+        assert!(!evaluate(None, ctx(Some("user-123"), &include)));
+        // 2. disabled beats include
+        assert!(!evaluate(
+            Some(&flag("f", false, 100)),
+            ctx(Some("user-123"), &include)
+        ));
+        // 3. exclude beats 100 %
+        assert!(!evaluate(
+            Some(&flag("f", true, 100)),
+            ctx(Some("user-123"), &exclude)
+        ));
+        // 4. include beats 0 % and anonymity rules
+        assert!(evaluate(
+            Some(&flag("f", true, 0)),
+            ctx(Some("user-123"), &include)
+        ));
+        // 5. 100 % is on for everyone, anonymous included
+        assert!(evaluate(Some(&flag("f", true, 100)), ctx(None, &none)));
+        // 6. 0 % is off
+        assert!(!evaluate(
+            Some(&flag("f", true, 0)),
+            ctx(Some("user-456"), &none)
+        ));
+        // 7. anonymous (missing or empty id) is outside a partial rollout (changed on purpose)
+        assert!(!evaluate(Some(&flag("f", true, 99)), ctx(None, &none)));
+        assert!(!evaluate(Some(&flag("f", true, 99)), ctx(Some(""), &none)));
+        // 8. bucket < percentage: user-123 is bucket 35
+        assert!(evaluate(
+            Some(&flag("f", true, 36)),
+            ctx(Some("user-123"), &none)
+        ));
+        assert!(!evaluate(
+            Some(&flag("f", true, 35)),
+            ctx(Some("user-123"), &none)
+        ));
+    }
+
+    #[test]
+    fn batch_and_single_evaluation_agree() {
+        let flags: FlagSet = [
+            flag("off", false, 100),
+            flag("all", true, 100),
+            flag("none", true, 0),
+            flag("half", true, 50),
+            flag("inc", true, 0),
+            flag("exc", true, 100),
+        ]
+        .into_iter()
+        .map(|f| (f.flag_key.clone(), f))
+        .collect();
+        let overrides: UserOverrides = [
+            ("inc".to_owned(), OverrideType::Include),
+            ("exc".to_owned(), OverrideType::Exclude),
+            ("off".to_owned(), OverrideType::Include),
+        ]
+        .into();
+        for (id, _) in BUCKET_VECTORS {
+            for user in [Some(*id), None] {
+                let c = ctx(user, &overrides);
+                let batch = evaluate_all(&flags, c);
+                for (key, f) in &flags {
+                    assert_eq!(batch[key], evaluate(Some(f), c), "{key} for {user:?}");
+                }
+            }
+        }
+        let batch = evaluate_all(&flags, ctx(Some("user-123"), &overrides));
+        assert!(batch["inc"] && !batch["exc"] && !batch["off"] && batch["half"]);
+    }
+}
