@@ -1,0 +1,388 @@
+//! The Redis cache adapter against a real Redis server (contract §3, AC2, AC3, AC7, AC15).
+mod common;
+
+use common::{SpareRedis, redis_client, redis_url, unique_env};
+use flags_core::cache::{
+    CacheFill, FlagCache, Generation, Invalidation, RedisCache, decode_snapshot, overrides_key,
+    snapshot_key,
+};
+use flags_core::config::RedisSettings;
+use flags_core::domain::{Flag, FlagSet, OverrideType, Timestamp, UserOverrides};
+use flags_core::redis_client::RedisConnection;
+use fred::prelude::{ClientLike, Expiration, KeysInterface};
+use std::time::Duration;
+
+async fn cache_at(url: &str, ttl_secs: u64) -> RedisCache {
+    let connection = RedisConnection::start(&RedisSettings::new(url)).unwrap();
+    assert!(
+        connection.wait_connected(Duration::from_secs(5)).await,
+        "Redis must be reachable at {url}"
+    );
+    RedisCache::new(connection, Duration::from_secs(ttl_secs))
+}
+
+async fn cache() -> RedisCache {
+    cache_at(&redis_url(), 300).await
+}
+
+fn flag(env: &str, key: &str, rollout: i32) -> Flag {
+    Flag {
+        id: uuid::Uuid::new_v4(),
+        flag_key: key.to_owned(),
+        environment: env.to_owned(),
+        enabled: true,
+        rollout_percentage: rollout,
+        description: Some("Ünïcode description".into()),
+        created_at: Timestamp::parse("2025-01-15T10:30:00.123Z").unwrap(),
+        updated_at: Timestamp::now(),
+    }
+}
+
+fn flag_set(env: &str, flags: &[(&str, i32)]) -> FlagSet {
+    flags
+        .iter()
+        .map(|(k, r)| ((*k).to_owned(), flag(env, k, *r)))
+        .collect()
+}
+
+#[tokio::test]
+async fn ttl_is_set_by_redis_at_300_seconds() {
+    let cache = cache().await;
+    let env = unique_env();
+    let flags = flag_set(env.as_str(), &[("a", 10)]);
+    assert!(
+        cache
+            .fill(
+                &env,
+                Generation(0),
+                CacheFill {
+                    flags: Some(&flags),
+                    overrides: None
+                }
+            )
+            .await
+            .unwrap()
+    );
+    let raw = redis_client(&redis_url()).await;
+    let ttl: i64 = raw.ttl(snapshot_key(&env)).await.unwrap();
+    assert!((295..=300).contains(&ttl), "TTL was {ttl}");
+}
+
+#[tokio::test]
+async fn snapshot_round_trip_keeps_exact_timestamps() {
+    let cache = cache().await;
+    let env = unique_env();
+    let flags = flag_set(env.as_str(), &[("a", 10), ("b.c_d-e", 100)]);
+    cache
+        .fill(
+            &env,
+            Generation(0),
+            CacheFill {
+                flags: Some(&flags),
+                overrides: None,
+            },
+        )
+        .await
+        .unwrap();
+    let read = cache.read(&env, None).await.unwrap();
+    assert_eq!(read.flags.as_ref(), Some(&flags));
+    // The stored JSON is the contract's shape.
+    let raw: String = redis_client(&redis_url())
+        .await
+        .get(snapshot_key(&env))
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert!(json["expiresAt"].is_i64());
+    assert_eq!(json["flags"]["a"]["createdAt"], "2025-01-15T10:30:00.123Z");
+    assert_eq!(json["flags"]["a"]["flagKey"], "a");
+    assert_eq!(json["flags"]["a"]["rolloutPercentage"], 10);
+}
+
+#[tokio::test]
+async fn reads_a_snapshot_written_by_the_original_service() {
+    let cache = cache().await;
+    let env = unique_env();
+    let future_ms = chrono::Utc::now().timestamp_millis() + 300_000;
+    let original = format!(
+        r#"{{"flags":{{"wishlist-gallery":{{"id":"3f1e1c9a-58a4-4a43-9a3e-0d1c2b7f9a10","flagKey":"wishlist-gallery","enabled":true,"rolloutPercentage":50,"description":null,"environment":"{env}","createdAt":"2025-01-15T10:30:00.000Z","updatedAt":"2025-02-01T08:00:00.123Z"}}}},"expiresAt":{future_ms}}}"#
+    );
+    let raw = redis_client(&redis_url()).await;
+    raw.set::<(), _, _>(
+        snapshot_key(&env),
+        original,
+        Some(Expiration::EX(300)),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    let flags = cache
+        .read(&env, None)
+        .await
+        .unwrap()
+        .flags
+        .expect("original payload is a hit");
+    assert_eq!(flags["wishlist-gallery"].rollout_percentage, 50);
+    assert_eq!(
+        flags["wishlist-gallery"].updated_at.to_iso(),
+        "2025-02-01T08:00:00.123Z"
+    );
+}
+
+#[tokio::test]
+async fn garbage_and_empty_objects_are_misses_not_errors() {
+    let cache = cache().await;
+    let env = unique_env();
+    let raw = redis_client(&redis_url()).await;
+    for garbage in [
+        "{}",
+        "not json at all",
+        r#"{"flags":"nope"}"#,
+        "\u{0}\u{1}binary",
+        "[1,2,3]",
+    ] {
+        raw.set::<(), _, _>(snapshot_key(&env), garbage, None, None, false)
+            .await
+            .unwrap();
+        raw.set::<(), _, _>(overrides_key(&env, "u1"), garbage, None, None, false)
+            .await
+            .unwrap();
+        let read = cache
+            .read(&env, Some("u1"))
+            .await
+            .expect("garbage is not an error");
+        assert!(read.flags.is_none(), "{garbage:?} must be a miss");
+        assert!(read.overrides.is_none() || garbage == "{}", "{garbage:?}");
+    }
+}
+
+#[tokio::test]
+async fn empty_overrides_are_cached_negatively() {
+    let cache = cache().await;
+    let env = unique_env();
+    let none = UserOverrides::new();
+    cache
+        .fill(
+            &env,
+            Generation(0),
+            CacheFill {
+                flags: None,
+                overrides: Some(("user-1", &none)),
+            },
+        )
+        .await
+        .unwrap();
+    let raw: String = redis_client(&redis_url())
+        .await
+        .get(overrides_key(&env, "user-1"))
+        .await
+        .unwrap();
+    assert_eq!(raw, "{}");
+    assert_eq!(
+        cache.read(&env, Some("user-1")).await.unwrap().overrides,
+        Some(UserOverrides::new())
+    );
+    assert_eq!(
+        cache.read(&env, Some("user-2")).await.unwrap().overrides,
+        None
+    );
+}
+
+#[tokio::test]
+async fn environments_are_independent() {
+    let cache = cache().await;
+    let (a, b) = (unique_env(), unique_env());
+    let flags_a = flag_set(a.as_str(), &[("x", 1)]);
+    let flags_b = flag_set(b.as_str(), &[("y", 2)]);
+    cache
+        .fill(
+            &a,
+            Generation(0),
+            CacheFill {
+                flags: Some(&flags_a),
+                overrides: None,
+            },
+        )
+        .await
+        .unwrap();
+    cache
+        .fill(
+            &b,
+            Generation(0),
+            CacheFill {
+                flags: Some(&flags_b),
+                overrides: None,
+            },
+        )
+        .await
+        .unwrap();
+    cache.invalidate(&a, Invalidation::Flags).await.unwrap();
+    assert!(cache.read(&a, None).await.unwrap().flags.is_none());
+    assert_eq!(cache.read(&b, None).await.unwrap().flags, Some(flags_b));
+}
+
+#[tokio::test]
+async fn a_fill_with_an_outdated_generation_is_refused() {
+    let cache = cache().await;
+    let env = unique_env();
+    let old = flag_set(env.as_str(), &[("a", 10)]);
+    let seen = cache.read(&env, None).await.unwrap().generation;
+    cache.invalidate(&env, Invalidation::Flags).await.unwrap();
+    let stored = cache
+        .fill(
+            &env,
+            seen,
+            CacheFill {
+                flags: Some(&old),
+                overrides: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!stored);
+    assert!(cache.read(&env, None).await.unwrap().flags.is_none());
+    let current = cache.read(&env, None).await.unwrap().generation;
+    assert!(
+        cache
+            .fill(
+                &env,
+                current,
+                CacheFill {
+                    flags: Some(&old),
+                    overrides: None
+                }
+            )
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn user_invalidation_drops_only_that_user() {
+    let cache = cache().await;
+    let env = unique_env();
+    let inc: UserOverrides = [("a".to_owned(), OverrideType::Include)].into();
+    for user in ["u1", "u2"] {
+        let generation = cache.read(&env, Some(user)).await.unwrap().generation;
+        cache
+            .fill(
+                &env,
+                generation,
+                CacheFill {
+                    flags: None,
+                    overrides: Some((user, &inc)),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    cache
+        .invalidate(&env, Invalidation::User("u1"))
+        .await
+        .unwrap();
+    assert!(
+        cache
+            .read(&env, Some("u1"))
+            .await
+            .unwrap()
+            .overrides
+            .is_none()
+    );
+    assert_eq!(
+        cache.read(&env, Some("u2")).await.unwrap().overrides,
+        Some(inc.clone())
+    );
+    cache
+        .invalidate(&env, Invalidation::FlagsAndAllUsers)
+        .await
+        .unwrap();
+    assert!(
+        cache
+            .read(&env, Some("u2"))
+            .await
+            .unwrap()
+            .overrides
+            .is_none()
+    );
+}
+
+/// Against a server of its own, so that dropping every `feature_flags:*` key cannot disturb
+/// other tests, and so that its command statistics show SCAN was used and KEYS never was.
+#[tokio::test]
+async fn invalidate_all_scans_and_never_uses_keys() {
+    let redis = SpareRedis::start();
+    let cache = cache_at(&redis.url(), 300).await;
+    let raw = redis_client(&redis.url()).await;
+    for i in 0..1_200 {
+        raw.set::<(), _, _>(format!("feature_flags:env{i}"), "{}", None, None, false)
+            .await
+            .unwrap();
+    }
+    raw.set::<(), _, _>(
+        "feature_flags:production:overrides:u1",
+        "{}",
+        None,
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    raw.set::<(), _, _>("unrelated:key", "keep", None, None, false)
+        .await
+        .unwrap();
+    let deleted = cache.invalidate_all().await.unwrap();
+    assert_eq!(deleted, 1_201);
+    let remaining: Vec<String> = raw.custom(fred::cmd!("KEYS"), vec!["*"]).await.unwrap();
+    assert_eq!(remaining, ["unrelated:key"]);
+    let stats: String = raw
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap();
+    assert!(stats.contains("cmdstat_scan:"), "{stats}");
+    // The one KEYS call is this test's own check above.
+    assert!(stats.contains("cmdstat_keys:calls=1,"), "{stats}");
+    raw.quit().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_fills_and_reads_stay_consistent() {
+    let cache = std::sync::Arc::new(cache().await);
+    let env = unique_env();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (cache, env) = (cache.clone(), env.clone());
+        tasks.push(tokio::spawn(async move {
+            let flags = flag_set(env.as_str(), &[("same", 50)]);
+            let user = format!("user-{}", i % 5);
+            let overrides: UserOverrides = [("same".to_owned(), OverrideType::Include)].into();
+            let read = cache.read(&env, Some(&user)).await.unwrap();
+            cache
+                .fill(
+                    &env,
+                    read.generation,
+                    CacheFill {
+                        flags: Some(&flags),
+                        overrides: Some((&user, &overrides)),
+                    },
+                )
+                .await
+                .unwrap();
+            let again = cache.read(&env, Some(&user)).await.unwrap();
+            assert_eq!(again.flags.map(|f| f["same"].rollout_percentage), Some(50));
+            assert_eq!(again.overrides, Some(overrides));
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let raw: String = redis_client(&redis_url())
+        .await
+        .get(snapshot_key(&env))
+        .await
+        .unwrap();
+    assert!(
+        decode_snapshot(&raw, 0).is_some(),
+        "the final value is a whole snapshot"
+    );
+}
