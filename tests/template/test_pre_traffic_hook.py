@@ -1,0 +1,197 @@
+"""The pre-traffic hook's inline Python, run against fake Lambda and CodeDeploy clients.
+
+The code is taken from the template itself (InlineCode of PreTrafficHookFunction), so what
+is tested is exactly what CloudFormation deploys.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import types
+
+import pytest
+
+PREFIX = "feature-flags-dev-"
+HEALTH_VERSION_ARN = "arn:aws:lambda:eu-west-1:123456789012:function:feature-flags-dev-health:7"
+
+
+def api_response(status: int, body) -> dict:
+    return {
+        "statusCode": status,
+        "headers": {"content-type": "application/json"},
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+HEALTHY = api_response(200, {"status": "ok", "cache": "redis", "redis": "up", "database": "up"})
+
+
+class FakeLambda:
+    def __init__(self, answers: dict):
+        self.answers = answers  # target -> response dict, or ("error", payload)
+        self.calls: list[tuple[str, dict]] = []
+
+    def invoke(self, FunctionName, Payload):
+        event = json.loads(Payload)
+        self.calls.append((FunctionName, event))
+        answer = self.answers[FunctionName]
+        if isinstance(answer, list):
+            answer = answer.pop(0) if len(answer) > 1 else answer[0]
+        if isinstance(answer, tuple):
+            return {"FunctionError": "Unhandled", "Payload": io.BytesIO(json.dumps(answer[1]).encode())}
+        return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(answer).encode())}
+
+
+class FakeCodeDeploy:
+    def __init__(self, function: str, version: str, inline: bool = True, fail: bool = False):
+        spec = {
+            "version": "0.0",
+            "Resources": [
+                {
+                    "Fn": {
+                        "Type": "AWS::Lambda::Function",
+                        "Properties": {
+                            "Name": function,
+                            "Alias": "live",
+                            "CurrentVersion": "6",
+                            "TargetVersion": version,
+                        },
+                    }
+                }
+            ],
+            "Hooks": [{"BeforeAllowTraffic": "CodeDeployHook_feature-flags-dev-pre-traffic"}],
+        }
+        self.content = json.dumps(spec)
+        self.inline = inline
+        self.fail = fail
+        self.reports: list[dict] = []
+
+    def get_deployment(self, deploymentId):
+        if self.fail:
+            raise RuntimeError("AccessDenied")
+        revision = {"revisionType": "AppSpecContent"}
+        if self.inline:
+            revision["appSpecContent"] = {"content": self.content, "sha256": "x"}
+        return {"deploymentInfo": {"applicationName": "app", "revision": revision}}
+
+    def get_application_revision(self, applicationName, revision):
+        return {"revision": {"revisionType": "String", "string": {"content": self.content}}}
+
+    def put_lifecycle_event_hook_execution_status(self, **kwargs):
+        self.reports.append(kwargs)
+
+
+@pytest.fixture
+def load_hook(resources, monkeypatch):
+    code = resources["PreTrafficHookFunction"]["Properties"]["InlineCode"]
+    monkeypatch.setenv("FUNCTION_NAME_PREFIX", PREFIX)
+    monkeypatch.setenv("HEALTH_FUNCTION_VERSION_ARN", HEALTH_VERSION_ARN)
+    monkeypatch.setenv("HEALTH_ATTEMPTS", "2")
+
+    def load(lambda_client: FakeLambda, codedeploy: FakeCodeDeploy):
+        clients = {"lambda": lambda_client, "codedeploy": codedeploy}
+        fake_boto3 = types.SimpleNamespace(client=lambda name: clients[name])
+        monkeypatch.setitem(sys.modules, "boto3", fake_boto3)
+        module = types.ModuleType("pre_traffic_hook")
+        exec(compile(code, "index.py", "exec"), module.__dict__)
+        monkeypatch.setattr(module.time, "sleep", lambda _seconds: None)
+        return module
+
+    return load
+
+
+def run(module, codedeploy) -> str:
+    result = module.handler({"DeploymentId": "d-123", "LifecycleEventHookExecutionId": "e-456"}, None)
+    assert codedeploy.reports == [
+        {"deploymentId": "d-123", "lifecycleEventHookExecutionId": "e-456", "status": result["status"]}
+    ]
+    return result["status"]
+
+
+def test_new_health_version_that_reaches_redis_and_the_database_passes(load_hook):
+    lam = FakeLambda({f"{PREFIX}health:8": HEALTHY})
+    cd = FakeCodeDeploy(f"{PREFIX}health", "8")
+    assert run(load_hook(lam, cd), cd) == "Succeeded"
+    ((target, event),) = lam.calls
+    assert target == f"{PREFIX}health:8"
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == "GET /health"
+    assert event["rawPath"] == "/health"
+    assert event["requestContext"]["http"]["method"] == "GET"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        api_response(503, {"status": "degraded", "cache": "none", "redis": "up", "database": "down"}),
+        api_response(200, {"status": "degraded", "cache": "memory", "redis": "down", "database": "up"}),
+        api_response(200, {"status": "ok"}),
+        {"statusCode": 200, "body": "not json"},
+        ("error", {"errorMessage": "panic"}),
+    ],
+    ids=["database-down", "redis-down", "fields-missing", "body-not-json", "function-error"],
+)
+def test_unhealthy_new_health_version_fails_the_deployment(load_hook, answer):
+    lam = FakeLambda({f"{PREFIX}health:8": answer})
+    cd = FakeCodeDeploy(f"{PREFIX}health", "8")
+    assert run(load_hook(lam, cd), cd) == "Failed"
+    assert len(lam.calls) == 2  # retried once (HEALTH_ATTEMPTS=2), then failed
+
+
+def test_redis_disabled_is_accepted_and_a_slow_first_start_is_retried(load_hook):
+    disabled = api_response(200, {"status": "ok", "cache": "memory", "redis": "disabled", "database": "up"})
+    lam = FakeLambda({f"{PREFIX}health:8": [("error", {"errorMessage": "init timeout"}), disabled]})
+    cd = FakeCodeDeploy(f"{PREFIX}health", "8")
+    assert run(load_hook(lam, cd), cd) == "Succeeded"
+
+
+def test_other_function_checks_the_backends_then_smoke_tests_its_new_version(load_hook):
+    target = f"{PREFIX}admin-delete-override:3"
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: api_response(401, {"error": "Unauthorized"})})
+    cd = FakeCodeDeploy(f"{PREFIX}admin-delete-override", "3", inline=False)
+    assert run(load_hook(lam, cd), cd) == "Succeeded"
+    assert [c[0] for c in lam.calls] == [HEALTH_VERSION_ARN, target]
+    event = lam.calls[1][1]
+    assert event["routeKey"] == "DELETE /admin/flags/{flagKey}/users/{userId}"
+    assert event["rawPath"] == "/admin/flags/canary-probe/users/canary-probe"
+    assert event["pathParameters"] == {"flagKey": "canary-probe", "userId": "canary-probe"}
+    assert "authorization" not in {k.lower() for k in event["headers"]}, "the probe must never be authorised"
+
+
+@pytest.mark.parametrize(
+    "answer", [api_response(500, {"error": "Internal server error"}), ("error", {"errorMessage": "boom"})]
+)
+def test_other_function_failing_its_smoke_test_fails_the_deployment(load_hook, answer):
+    target = f"{PREFIX}get-flags:12"
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: answer})
+    cd = FakeCodeDeploy(f"{PREFIX}get-flags", "12")
+    assert run(load_hook(lam, cd), cd) == "Failed"
+
+
+def test_other_function_is_not_shifted_while_the_backends_are_down(load_hook):
+    down = api_response(503, {"status": "degraded", "cache": "none", "redis": "down", "database": "down"})
+    lam = FakeLambda({HEALTH_VERSION_ARN: down})
+    cd = FakeCodeDeploy(f"{PREFIX}get-flag", "4")
+    assert run(load_hook(lam, cd), cd) == "Failed"
+
+
+def test_unknown_function_and_api_errors_fail_instead_of_hanging(load_hook):
+    cd = FakeCodeDeploy("someone-else", "1")
+    assert run(load_hook(FakeLambda({HEALTH_VERSION_ARN: HEALTHY}), cd), cd) == "Failed"
+    cd = FakeCodeDeploy(f"{PREFIX}health", "1", fail=True)
+    assert run(load_hook(FakeLambda({}), cd), cd) == "Failed"
+
+
+def test_hook_knows_a_smoke_route_for_every_binary(load_hook, resources):
+    module = load_hook(FakeLambda({}), FakeCodeDeploy(f"{PREFIX}health", "1"))
+    binaries = {
+        r["Metadata"]["BuildProperties"]["Binary"]: next(iter(r["Properties"]["Events"].values()))["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Serverless::Function" and "BuildProperties" in r.get("Metadata", {})
+    }
+    assert set(module.ROUTES) == set(binaries)
+    for binary, (method, route, _params) in module.ROUTES.items():
+        assert (method, route) == (binaries[binary]["Method"], binaries[binary]["Path"])

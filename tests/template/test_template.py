@@ -1,0 +1,530 @@
+"""Assertions on template.yaml (issue #4, acceptance criteria 9, 12 and 13).
+
+`make test-template` runs them; `make validate` runs them after sam validate --lint,
+cfn-lint and checkov.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+
+# Contract section 2: (method, path) -> (binary, admin route?)
+ROUTES = {
+    ("GET", "/config/flags"): ("get-flags", False),
+    ("GET", "/config/flags/{flagKey}"): ("get-flag", False),
+    ("GET", "/health"): ("health", False),
+    ("GET", "/admin/flags"): ("admin-list-flags", True),
+    ("POST", "/admin/flags"): ("admin-create-flag", True),
+    ("POST", "/admin/flags/{flagKey}"): ("admin-update-flag", True),
+    ("DELETE", "/admin/flags/{flagKey}"): ("admin-delete-flag", True),
+    ("POST", "/admin/flags/{flagKey}/users"): ("admin-upsert-override", True),
+    ("DELETE", "/admin/flags/{flagKey}/users/{userId}"): ("admin-delete-override", True),
+    ("GET", "/admin/flags/{flagKey}/users"): ("admin-list-overrides", True),
+    ("POST", "/admin/cache/invalidate"): ("admin-invalidate-cache", True),
+}
+COST_TAGS = {"Service": "ElastiCache", "Feature": "FeatureFlags", "Environment": {"Ref": "Environment"}}
+OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
+HOOK = "PreTrafficHookFunction"
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def of_type(resources: dict, type_: str) -> dict:
+    return {name: r for name, r in resources.items() if r["Type"] == type_}
+
+
+def route_functions(resources: dict) -> dict:
+    """The Rust functions: every serverless function that serves an HttpApi route."""
+    return {
+        name: r
+        for name, r in of_type(resources, "AWS::Serverless::Function").items()
+        if any(e["Type"] == "HttpApi" for e in r["Properties"].get("Events", {}).values())
+    }
+
+
+def sg_rules(resources: dict, group: str, direction: str) -> list[dict]:
+    """Inline rules of a security group plus the standalone rule resources attached to it."""
+    inline_key = "SecurityGroupIngress" if direction == "ingress" else "SecurityGroupEgress"
+    standalone = "AWS::EC2::SecurityGroupIngress" if direction == "ingress" else "AWS::EC2::SecurityGroupEgress"
+    rules = list(resources[group]["Properties"].get(inline_key, []))
+    for resource in of_type(resources, standalone).values():
+        if resource["Properties"]["GroupId"] == {"Ref": group}:
+            rules.append(resource["Properties"])
+    return rules
+
+
+def all_sg_rules(resources: dict, direction: str) -> list[dict]:
+    rules = []
+    inline_key = "SecurityGroupIngress" if direction == "ingress" else "SecurityGroupEgress"
+    standalone = "AWS::EC2::SecurityGroupIngress" if direction == "ingress" else "AWS::EC2::SecurityGroupEgress"
+    for group in of_type(resources, "AWS::EC2::SecurityGroup").values():
+        rules.extend(group["Properties"].get(inline_key, []))
+    rules.extend(r["Properties"] for r in of_type(resources, standalone).values())
+    return rules
+
+
+def tags_of(properties: dict, key: str = "Tags") -> dict:
+    tags = properties.get(key, {})
+    if isinstance(tags, list):
+        return {t["Key"]: t["Value"] for t in tags}
+    return dict(tags)
+
+
+def is_open(rule: dict) -> bool:
+    return any(isinstance(rule.get(k), str) and rule[k] in OPEN_CIDRS for k in ("CidrIp", "CidrIpv6"))
+
+
+def param_default(template: dict, ref: dict):
+    assert set(ref) == {"Ref"}, ref
+    return template["Parameters"][ref["Ref"]]["Default"]
+
+
+# --- network: AC 9 --------------------------------------------------------------------------
+
+
+def test_redis_security_group_accepts_6379_from_the_functions_group_only(resources):
+    rules = sg_rules(resources, "RedisSecurityGroup", "ingress")
+    assert rules, "Redis must accept the functions"
+    for rule in rules:
+        assert rule["IpProtocol"] == "tcp"
+        assert (rule["FromPort"], rule["ToPort"]) == (6379, 6379)
+        assert rule["SourceSecurityGroupId"] == {"Ref": "FunctionSecurityGroup"}
+        assert not {"CidrIp", "CidrIpv6", "SourcePrefixListId"} & set(rule), rule
+
+
+def test_only_the_functions_group_may_reach_redis(resources):
+    for rule in all_sg_rules(resources, "egress"):
+        if rule.get("DestinationSecurityGroupId") == {"Ref": "RedisSecurityGroup"}:
+            assert rule in sg_rules(resources, "FunctionSecurityGroup", "egress")
+    redis = resources["RedisReplicationGroup"]["Properties"]
+    assert redis["SecurityGroupIds"] == [{"Ref": "RedisSecurityGroup"}]
+    assert redis["Port"] == 6379
+
+
+def test_no_security_group_accepts_traffic_from_anywhere(resources):
+    for rule in all_sg_rules(resources, "ingress"):
+        assert not is_open(rule), rule
+
+
+def test_no_security_group_keeps_the_default_allow_all_egress(resources):
+    for name, group in of_type(resources, "AWS::EC2::SecurityGroup").items():
+        assert group["Properties"].get("SecurityGroupEgress"), f"{name} would get EC2's allow-all egress"
+    for rule in all_sg_rules(resources, "egress"):
+        assert not is_open(rule), rule
+
+
+def test_functions_egress_is_redis_postgres_and_https_to_endpoints_only(resources):
+    rules = sg_rules(resources, "FunctionSecurityGroup", "egress")
+    by_port = {}
+    for rule in rules:
+        assert rule["IpProtocol"] == "tcp" and rule["FromPort"] == rule["ToPort"], rule
+        by_port.setdefault(rule["FromPort"], []).append(rule)
+    assert set(by_port) == {443, 5432, 6379}
+    assert [r["DestinationSecurityGroupId"] for r in by_port[6379]] == [{"Ref": "RedisSecurityGroup"}]
+    for rule in by_port[443] + by_port[5432]:
+        target = rule.get("DestinationSecurityGroupId") or rule.get("CidrIp")
+        assert target in (
+            {"Ref": "EndpointSecurityGroup"},
+            {"Ref": "DatabaseSecurityGroupId"},
+            {"Ref": "VpcCidr"},
+        ), rule
+
+
+def test_redis_lives_in_the_private_subnets(resources):
+    subnets = resources["RedisSubnetGroup"]["Properties"]["SubnetIds"]
+    assert subnets == [
+        {"Fn::If": ["GivenSubnet1", {"Ref": "PrivateSubnet1Id"}, {"Ref": "PrivateSubnetA"}]},
+        {"Fn::If": ["GivenSubnet2", {"Ref": "PrivateSubnet2Id"}, {"Ref": "PrivateSubnetB"}]},
+    ]
+    for name in ("PrivateSubnetA", "PrivateSubnetB"):
+        assert resources[name]["Properties"]["MapPublicIpOnLaunch"] is False
+    # Private means no route out: no gateway, no NAT, no route besides the implicit local one.
+    for type_ in ("AWS::EC2::InternetGateway", "AWS::EC2::NatGateway", "AWS::EC2::Route", "AWS::EC2::EIP"):
+        assert not of_type(resources, type_), type_
+
+
+def test_vpc_flow_logs_are_on(resources):
+    flow_logs = of_type(resources, "AWS::EC2::FlowLog")
+    assert len(flow_logs) == 1
+    flow_log = next(iter(flow_logs.values()))["Properties"]
+    assert flow_log["ResourceType"] == "VPC"
+    assert flow_log["ResourceId"] == {"Fn::If": ["CreateVpc", {"Ref": "Vpc"}, {"Ref": "VpcId"}]}
+    assert flow_log["TrafficType"] == "ALL"
+    assert flow_log["LogGroupName"] == {"Ref": "FlowLogGroup"}
+    assert "RetentionInDays" in resources["FlowLogGroup"]["Properties"]
+    assert "Condition" not in next(iter(flow_logs.values())), "flow logs must exist in both VPC modes"
+
+
+def test_interface_endpoints_replace_a_nat_gateway(resources):
+    endpoints = of_type(resources, "AWS::EC2::VPCEndpoint")
+    services = {e["Properties"]["ServiceName"]["Fn::Sub"] for e in endpoints.values()}
+    assert services == {"com.amazonaws.${AWS::Region}.ssm", "com.amazonaws.${AWS::Region}.cognito-idp"}
+    for endpoint in endpoints.values():
+        assert endpoint["Properties"]["VpcEndpointType"] == "Interface"
+        assert endpoint["Properties"]["PrivateDnsEnabled"] is True
+        assert endpoint["Properties"]["SecurityGroupIds"] == [{"Ref": "EndpointSecurityGroup"}]
+    ingress = sg_rules(resources, "EndpointSecurityGroup", "ingress")
+    assert [(r["FromPort"], r["SourceSecurityGroupId"]) for r in ingress] == [
+        (443, {"Ref": "FunctionSecurityGroup"})
+    ]
+
+
+def test_every_route_function_runs_in_the_vpc(resources):
+    functions = route_functions(resources)
+    assert len(functions) == 11
+    for name, function in functions.items():
+        vpc = function["Properties"].get("VpcConfig")
+        assert vpc, f"{name} has no VpcConfig"
+        assert vpc["SecurityGroupIds"] == [{"Ref": "FunctionSecurityGroup"}]
+        assert vpc["SubnetIds"] == resources["RedisSubnetGroup"]["Properties"]["SubnetIds"]
+    # The hook calls only AWS APIs and stays out of the VPC on purpose (template.md).
+    assert "VpcConfig" not in resources[HOOK]["Properties"]
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+def test_redis_is_encrypted_in_transit_and_at_rest_with_an_auth_token(template, resources):
+    redis = resources["RedisReplicationGroup"]["Properties"]
+    assert redis["Engine"] == "redis"
+    assert param_default(template, redis["EngineVersion"]).startswith("7.")
+    assert redis["TransitEncryptionEnabled"] is True
+    assert redis["AtRestEncryptionEnabled"] is True
+    assert redis["KmsKeyId"] == {"Ref": "ServiceKey"}
+    assert redis["AuthToken"] == {"Fn::Sub": "{{resolve:secretsmanager:${RedisAuthSecret}:SecretString:token}}"}
+    secret = resources["RedisAuthSecret"]["Properties"]["GenerateSecretString"]
+    assert secret["GenerateStringKey"] == "token"
+    assert secret["ExcludePunctuation"] is True
+    assert 16 <= secret["PasswordLength"] <= 128  # ElastiCache AUTH token limits
+
+
+def test_redis_size_and_optional_replica(template, resources):
+    redis = resources["RedisReplicationGroup"]["Properties"]
+    assert param_default(template, redis["CacheNodeType"]) == "cache.t4g.micro"
+    assert redis["NumCacheClusters"] == {"Fn::If": ["HasRedisReplica", 2, 1]}
+    assert redis["AutomaticFailoverEnabled"] == {"Fn::If": ["HasRedisReplica", True, False]}
+    assert redis["MultiAZEnabled"] == {"Fn::If": ["HasRedisReplica", True, False]}
+    assert template["Parameters"]["EnableRedisReplica"]["Default"] == "false"
+
+
+def test_redis_alarms_cover_cpu_memory_evictions_and_connections(resources):
+    alarms = of_type(resources, "AWS::CloudWatch::Alarm").values()
+    metrics = {
+        a["Properties"]["MetricName"]
+        for a in alarms
+        if a["Properties"].get("Namespace") == "AWS/ElastiCache" and "Condition" not in a
+    }
+    assert metrics == {"EngineCPUUtilization", "DatabaseMemoryUsagePercentage", "Evictions", "CurrConnections"}
+    for alarm in alarms:
+        if alarm["Properties"].get("Namespace") == "AWS/ElastiCache":
+            assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlertsTopic"}]
+
+
+# --- functions and routes ----------------------------------------------------------------------
+
+
+def test_one_function_and_route_per_contract_route(resources):
+    seen = {}
+    for name, function in route_functions(resources).items():
+        events = function["Properties"]["Events"]
+        assert len(events) == 1, name
+        event = next(iter(events.values()))
+        assert event["Type"] == "HttpApi"
+        props = event["Properties"]
+        assert props["ApiId"] == {"Ref": "HttpApi"}
+        key = (props["Method"], props["Path"])
+        assert key not in seen, f"{key} served twice"
+        seen[key] = name
+        binary = function["Metadata"]["BuildProperties"]["Binary"]
+        assert binary == ROUTES[key][0], f"{name}: {key} must be built from {ROUTES[key][0]}"
+        assert function["Properties"]["FunctionName"] == {"Fn::Sub": f"feature-flags-${{Environment}}-{binary}"}
+    assert set(seen) == set(ROUTES)
+    assert len(seen) == 11
+
+
+def test_functions_build_the_flags_api_binaries_with_cargo_lambda(template, resources):
+    globals_ = template["Globals"]["Function"]
+    assert globals_["Runtime"] == "provided.al2023"
+    assert globals_["Architectures"] == ["arm64"]
+    assert globals_["Handler"] == "bootstrap"
+    assert globals_["Tracing"] == "Active"
+    assert globals_["LoggingConfig"] == {"LogFormat": "JSON"}
+    for name, function in route_functions(resources).items():
+        assert function["Metadata"]["BuildMethod"] == "rust-cargolambda", name
+        assert function["Properties"]["CodeUri"] == ".", name
+        for key in ("Runtime", "Architectures", "Handler", "Tracing"):
+            assert key not in function["Properties"], f"{name} overrides the global {key}"
+
+
+def test_function_environment(template):
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables == {
+        "DATABASE_URL_SSM_PARAMETER": {"Fn::Sub": "/feature-flags/${Environment}/database-url"},
+        "REDIS_URL_SSM_PARAMETER": {"Fn::Sub": "/feature-flags/${Environment}/redis-url"},
+        "FLAG_CACHE_TTL_SECONDS": {"Ref": "FlagCacheTtlSeconds"},
+        "COGNITO_USER_POOL_ID": {"Ref": "CognitoUserPoolId"},
+        "COGNITO_CLIENT_ID": {"Ref": "CognitoClientId"},
+        "RUST_LOG": "info",
+    }
+    assert template["Parameters"]["FlagCacheTtlSeconds"]["Default"] == 300
+
+
+def test_functions_may_read_only_their_two_parameters(resources):
+    for name, function in route_functions(resources).items():
+        assert function["Properties"]["Policies"] == [{"Ref": "FunctionRuntimePolicy"}], name
+    statements = resources["FunctionRuntimePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert len(statements) == 2
+    ssm, kms = statements
+    parameters = [
+        {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/database-url"},
+        {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/redis-url"},
+    ]
+    assert (ssm["Effect"], ssm["Action"], ssm["Resource"]) == ("Allow", "ssm:GetParameter", parameters)
+    assert (kms["Effect"], kms["Action"]) == ("Allow", "kms:Decrypt")
+    condition = kms["Condition"]["StringEquals"]
+    assert condition["kms:ViaService"] == {"Fn::Sub": "ssm.${AWS::Region}.amazonaws.com"}
+    assert condition["kms:EncryptionContext:PARAMETER_ARN"] == parameters
+
+
+def test_admin_routes_need_the_jwt_authorizer_and_public_routes_none(template, resources):
+    auth = resources["HttpApi"]["Properties"]["Auth"]
+    jwt = auth["Authorizers"]["CognitoJwt"]["JwtConfiguration"]
+    assert jwt["issuer"] == {"Fn::Sub": "https://cognito-idp.${AWS::Region}.amazonaws.com/${CognitoUserPoolId}"}
+    assert jwt["audience"] == [{"Ref": "CognitoClientId"}]
+    for function in route_functions(resources).values():
+        props = next(iter(function["Properties"]["Events"].values()))["Properties"]
+        admin = ROUTES[(props["Method"], props["Path"])][1]
+        assert props["Path"].startswith("/admin/") == admin
+        assert props["Auth"]["Authorizer"] == ("CognitoJwt" if admin else "NONE"), props
+
+
+def test_translated_api_has_the_11_routes_with_the_right_authorization(transformed):
+    apis = of_type(transformed["Resources"], "AWS::ApiGatewayV2::Api")
+    assert len(apis) == 1
+    body = next(iter(apis.values()))["Properties"]["Body"]
+    operations = {}
+    for path, methods in body["paths"].items():
+        for method, operation in methods.items():
+            operations[(method.upper(), path)] = operation
+    assert set(operations) == set(ROUTES)
+    for key, operation in operations.items():
+        expected = "CognitoJwt" if ROUTES[key][1] else "NONE"
+        assert operation["security"] == [{expected: []}], key
+        assert operation["x-amazon-apigateway-integration"]["payloadFormatVersion"] == "2.0"
+        # API Gateway invokes the `live` alias, whose traffic CodeDeploy shifts.
+        assert "Aliaslive" in operation["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
+    authorizer = body["components"]["securitySchemes"]["CognitoJwt"]
+    assert authorizer["x-amazon-apigateway-authorizer"]["type"] == "jwt"
+
+
+# --- logs and metrics --------------------------------------------------------------------------
+
+
+def test_each_function_logs_to_its_own_group_with_the_cache_metric_filters(resources):
+    filters = of_type(resources, "AWS::Logs::MetricFilter").values()
+    for name, function in route_functions(resources).items():
+        group = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        assert "RetentionInDays" in resources[group]["Properties"]
+        found = {}
+        for f in filters:
+            if f["Properties"]["LogGroupName"] == {"Ref": group}:
+                (transformation,) = f["Properties"]["MetricTransformations"]
+                assert transformation["MetricNamespace"] == {"Fn::Sub": "FeatureFlags/${Environment}"}
+                found[f["Properties"]["FilterPattern"]] = transformation["MetricName"]
+        assert found == {
+            '{ $.cache = "hit" }': "CacheHit",
+            '{ $.cache = "miss" }': "CacheMiss",
+            '{ $.cache = "unavailable" }': "CacheUnavailable",
+        }, name
+
+
+def test_every_log_group_has_a_retention(resources):
+    for name, group in of_type(resources, "AWS::Logs::LogGroup").items():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+
+
+# --- canary: AC 13 -------------------------------------------------------------------------------
+
+
+def test_canary_shifts_5_percent_for_60_minutes(resources):
+    config = resources["CanaryDeploymentConfig"]
+    assert config["Type"] == "AWS::CodeDeploy::DeploymentConfig"
+    props = config["Properties"]
+    assert props["ComputePlatform"] == "Lambda"
+    assert props["TrafficRoutingConfig"] == {
+        "Type": "TimeBasedCanary",
+        "TimeBasedCanary": {"CanaryPercentage": 5, "CanaryInterval": 60},
+    }
+
+
+def test_every_function_deploys_through_the_canary_with_alarms_and_the_hook(resources):
+    alarms = of_type(resources, "AWS::CloudWatch::Alarm")
+    for name, function in route_functions(resources).items():
+        props = function["Properties"]
+        assert props["AutoPublishAlias"] == "live", name
+        preference = props["DeploymentPreference"]
+        assert preference["Type"] == {"Ref": "CanaryDeploymentConfig"}, name
+        assert preference["Hooks"] == {"PreTraffic": {"Ref": HOOK}}, name
+        assert preference.get("Enabled", True) is True
+        names = [a["Ref"] for a in preference["Alarms"]]
+        assert all(n in alarms for n in names), names
+        short = name.removesuffix("Function")
+        # function errors and p95 of the new version, the service 5xx rate, the cache-unavailable rate
+        assert names == [f"{short}ErrorsAlarm", f"{short}P95DurationAlarm", "Api5xxRateAlarm", "CacheUnavailableRateAlarm"]
+        for alarm_name in names[:2]:
+            alarm = alarms[alarm_name]["Properties"]
+            dimensions = alarm.get("Dimensions") or alarm["Metrics"][0]["MetricStat"]["Metric"]["Dimensions"]
+            assert {"Name": "ExecutedVersion", "Value": {"Fn::GetAtt": [name, "Version.Version"]}} in dimensions
+
+
+def test_rollback_alarm_thresholds(template, resources):
+    p95 = resources["HealthP95DurationAlarm"]["Properties"]
+    assert (p95["MetricName"], p95["ExtendedStatistic"]) == ("Duration", "p95")
+    assert param_default(template, p95["Threshold"]) == 100
+    errors = resources["HealthErrorsAlarm"]["Properties"]
+    assert errors["Threshold"] == 0.1 and errors["ComparisonOperator"] == "GreaterThanThreshold"
+    unavailable = resources["CacheUnavailableRateAlarm"]["Properties"]
+    used = {m["MetricStat"]["Metric"]["MetricName"] for m in unavailable["Metrics"] if "MetricStat" in m}
+    assert used == {"CacheHit", "CacheMiss", "CacheUnavailable"}
+    hit_rate = resources["CacheHitRateAlarm"]["Properties"]
+    assert (hit_rate["Threshold"], hit_rate["ComparisonOperator"]) == (80, "LessThanThreshold")
+
+
+def test_translated_deployment_groups_use_the_canary_alarms_and_hook(transformed):
+    res = transformed["Resources"]
+    groups = of_type(res, "AWS::CodeDeploy::DeploymentGroup")
+    assert len(groups) == 11
+    for group in groups.values():
+        props = group["Properties"]
+        assert props["DeploymentConfigName"] == {"Ref": "CanaryDeploymentConfig"}
+        assert props["AlarmConfiguration"]["Enabled"] is True
+        assert len(props["AlarmConfiguration"]["Alarms"]) == 4
+        assert "DEPLOYMENT_STOP_ON_ALARM" in props["AutoRollbackConfiguration"]["Events"]
+    aliases = of_type(res, "AWS::Lambda::Alias")
+    assert len(aliases) == 11
+    for alias in aliases.values():
+        update = alias["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
+        assert update["BeforeAllowTrafficHook"] == {"Ref": HOOK}
+
+
+def test_pre_traffic_hook(resources):
+    hook = resources[HOOK]["Properties"]
+    assert hook["Runtime"] == "python3.12"
+    assert hook["Handler"] == "index.handler"
+    # The CodeDeploy role SAM creates may only invoke functions named CodeDeployHook_*.
+    assert hook["FunctionName"]["Fn::Sub"].startswith("CodeDeployHook_")
+    assert hook["Environment"]["Variables"]["HEALTH_FUNCTION_VERSION_ARN"] == {"Ref": "HealthFunction.Version"}
+    assert "put_lifecycle_event_hook_execution_status" in hook["InlineCode"]
+    actions = {
+        a
+        for statement in hook["Policies"][0]["Statement"]
+        for a in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
+    }
+    assert actions == {
+        "codedeploy:PutLifecycleEventHookExecutionStatus",
+        "codedeploy:GetDeployment",
+        "codedeploy:GetApplicationRevision",
+        "lambda:InvokeFunction",
+    }
+    skipped = {s["id"] for s in resources[HOOK]["Metadata"]["checkov"]["skip"]}
+    assert skipped == {"CKV_AWS_117", "CKV_AWS_115", "CKV_AWS_116"}
+
+
+# --- cost: AC 12 ------------------------------------------------------------------------------
+
+
+def test_billing_alarm_on_elasticache_charges_above_50_usd(template, resources):
+    alarm = resources["ElastiCacheBillingAlarm"]
+    assert alarm["Condition"] == "CreateBillingAlarm"
+    conditions = template["Conditions"]
+    assert conditions["IsUsEast1"] == {"Fn::Equals": [{"Ref": "AWS::Region"}, "us-east-1"]}
+    assert {"Condition": "IsUsEast1"} in conditions["CreateBillingAlarm"]["Fn::And"]
+    props = alarm["Properties"]
+    assert (props["Namespace"], props["MetricName"]) == ("AWS/Billing", "EstimatedCharges")
+    assert {d["Name"]: d["Value"] for d in props["Dimensions"]} == {
+        "ServiceName": "AmazonElastiCache",
+        "Currency": "USD",
+    }
+    assert param_default(template, props["Threshold"]) == 50
+    assert props["ComparisonOperator"] == "GreaterThanThreshold"
+    assert props["AlarmActions"] == [{"Ref": "AlertsTopic"}]
+
+
+def test_alert_topic_is_kms_encrypted_with_an_email_subscription(template, resources):
+    topic = resources["AlertsTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Ref": "ServiceKey"}
+    assert resources["ServiceKey"]["Properties"]["EnableKeyRotation"] is True
+    subscription = resources["AlertsEmailSubscription"]["Properties"]
+    assert subscription == {"TopicArn": {"Ref": "AlertsTopic"}, "Protocol": "email", "Endpoint": {"Ref": "AlertEmail"}}
+    # CloudWatch may use the key, or alarms could not publish to the encrypted topic.
+    principals = [s["Principal"] for s in resources["ServiceKey"]["Properties"]["KeyPolicy"]["Statement"]]
+    assert {"Service": "cloudwatch.amazonaws.com"} in principals
+
+
+def test_monthly_elasticache_budget_of_50_usd(template, resources):
+    budget = resources["ElastiCacheBudget"]
+    assert "IsUsEast1" not in str(budget.get("Condition")), "the budget works from any region"
+    spec = budget["Properties"]["Budget"]
+    assert (spec["BudgetType"], spec["TimeUnit"]) == ("COST", "MONTHLY")
+    assert param_default(template, spec["BudgetLimit"]["Amount"]) == 50
+    assert spec["BudgetLimit"]["Unit"] == "USD"
+    assert spec["CostFilters"] == {"Service": ["Amazon ElastiCache"]}
+    for notification in budget["Properties"]["NotificationsWithSubscribers"]:
+        assert notification["Subscribers"] == [{"SubscriptionType": "EMAIL", "Address": {"Ref": "AlertEmail"}}]
+
+
+def test_cost_allocation_tags_on_every_taggable_resource(template, transformed):
+    assert template["Globals"]["Function"]["Tags"] == COST_TAGS
+    assert template["Globals"]["HttpApi"]["Tags"] == COST_TAGS
+    untagged = []
+    for name, resource in transformed["Resources"].items():
+        properties = PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", resource["Type"]).schema["properties"]
+        key = "Tags" if "Tags" in properties else "ResourceTags" if "ResourceTags" in properties else None
+        if key is None:
+            continue
+        tags = tags_of(resource.get("Properties", {}), key)
+        if resource["Type"] == "AWS::ApiGatewayV2::Api" and "Body" in resource["Properties"]:
+            # SAM writes an HTTP API's tags into its OpenAPI body, where API Gateway reads them.
+            for tag in resource["Properties"]["Body"].get("tags", []):
+                tags[tag["name"]] = tag["x-amazon-apigateway-tag-value"]
+        if any(tags.get(k) != v for k, v in COST_TAGS.items()):
+            untagged.append(f"{name} ({resource['Type']})")
+    assert not untagged, f"missing cost allocation tags: {untagged}"
+
+
+def test_companion_billing_stack_for_other_regions(billing_template):
+    resources = billing_template["Resources"]
+    rule = billing_template["Rules"]["OnlyInUsEast1"]["Assertions"][0]["Assert"]
+    assert rule == {"Fn::Equals": [{"Ref": "AWS::Region"}, "us-east-1"]}
+    (alarm,) = of_type(resources, "AWS::CloudWatch::Alarm").values()
+    props = alarm["Properties"]
+    assert (props["Namespace"], props["MetricName"]) == ("AWS/Billing", "EstimatedCharges")
+    assert {d["Name"]: d["Value"] for d in props["Dimensions"]} == {
+        "ServiceName": "AmazonElastiCache",
+        "Currency": "USD",
+    }
+    assert param_default(billing_template, props["Threshold"]) == 50
+    (topic,) = of_type(resources, "AWS::SNS::Topic").values()
+    assert "KmsMasterKeyId" in topic["Properties"]
+    (subscription,) = of_type(resources, "AWS::SNS::Subscription").values()
+    assert subscription["Properties"]["Protocol"] == "email"
+    for name, resource in resources.items():
+        schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", resource["Type"]).schema["properties"]
+        if "Tags" in schema:
+            tags = tags_of(resource["Properties"])
+            assert tags.get("Service") == "ElastiCache" and tags.get("Feature") == "FeatureFlags", name
+
+
+# --- suppressions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path_fixture", ["template", "billing_template"])
+def test_every_checkov_suppression_has_a_reason(request, path_fixture):
+    for name, resource in request.getfixturevalue(path_fixture)["Resources"].items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert re.fullmatch(r"CKV2?_AWS_\d+", skip["id"]), skip
+            assert len(skip.get("comment", "")) > 40, f"{name}: {skip['id']} needs a written reason"
