@@ -1,0 +1,95 @@
+"""samconfig.toml and docker-compose.yml: the deploy and local-run configuration of issue #4."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVIRONMENTS = ("dev", "staging", "prod")
+
+
+@pytest.fixture(scope="module")
+def samconfig() -> dict:
+    return tomllib.loads((ROOT / "samconfig.toml").read_text())
+
+
+def overrides(section: dict) -> dict:
+    return dict(item.split("=", 1) for item in shlex.split(section["parameter_overrides"]))
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_each_environment_deploys_its_own_stack(samconfig, template, env):
+    deploy = samconfig[env]["deploy"]["parameters"]
+    assert deploy["stack_name"] == f"feature-flags-{env}"
+    assert samconfig[env]["global"]["parameters"]["stack_name"] == f"feature-flags-{env}"
+    assert deploy["resolve_s3"] is True
+    assert set(deploy["capabilities"].split()) == {"CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"}
+    values = overrides(deploy)
+    assert values["Environment"] == env
+    parameters = template["Parameters"]
+    assert set(values) <= set(parameters), set(values) - set(parameters)
+    required = {name for name, p in parameters.items() if "Default" not in p}
+    assert required <= set(values), f"{env} misses {required - set(values)}"
+    for name, value in values.items():
+        allowed = parameters[name].get("AllowedValues")
+        if allowed and value != "REPLACE_ME":
+            assert value in [str(a) for a in allowed], (name, value)
+    assert dict(t.split("=", 1) for t in deploy["tags"].split()) == {
+        "Service": "ElastiCache",
+        "Feature": "FeatureFlags",
+        "Environment": env,
+    }
+
+
+def test_prod_has_the_redis_replica_and_confirms_change_sets(samconfig):
+    prod = samconfig["prod"]["deploy"]["parameters"]
+    assert overrides(prod)["EnableRedisReplica"] == "true"
+    assert prod["confirm_changeset"] is True
+
+
+def test_no_secret_in_samconfig():
+    text = (ROOT / "samconfig.toml").read_text()
+    assert not re.search(r"(postgres|rediss?)://", text)
+    assert not re.search(r"(?i)(password|secret|token)\s*=", text)
+
+
+def test_deploy_refuses_placeholders(samconfig):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from check_samconfig import problems
+    finally:
+        sys.path.pop(0)
+    assert problems(samconfig, "dev"), "the committed samconfig holds placeholders"
+    filled = tomllib.loads((ROOT / "samconfig.toml").read_text().replace("REPLACE_ME", "x"))
+    assert problems(filled, "dev") == []
+    assert problems(filled, "qa")
+
+
+def test_sam_cli_reads_the_configuration():
+    from samcli.lib.config.samconfig import SamConfig
+
+    config = SamConfig(str(ROOT), "samconfig.toml")
+    for env in ENVIRONMENTS:
+        assert config.get_all(["deploy"], "parameters", env)["stack_name"] == f"feature-flags-{env}"
+
+
+def test_compose_services_match_the_local_urls():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    redis = compose["services"]["redis"]
+    postgres = compose["services"]["postgres"]
+    assert redis["image"] == "redis:7.2-alpine"
+    assert postgres["image"] == "postgres:16-alpine"
+    assert "127.0.0.1:6379:6379" in redis["ports"]
+    assert "127.0.0.1:5432:5432" in postgres["ports"]
+    env = postgres["environment"]
+    # DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/flags
+    assert (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]) == ("postgres", "postgres", "flags")
+    for service in (redis, postgres):
+        assert service["healthcheck"]["test"]
