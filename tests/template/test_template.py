@@ -264,13 +264,20 @@ def test_function_environment(template):
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
     assert variables == {
         "DATABASE_URL_SSM_PARAMETER": {"Fn::Sub": "/feature-flags/${Environment}/database-url"},
-        "REDIS_URL_SSM_PARAMETER": {"Fn::Sub": "/feature-flags/${Environment}/redis-url"},
+        "REDIS_URL_SSM_PARAMETER": {
+            "Fn::If": [
+                "UseRedisCache",
+                {"Fn::Sub": "/feature-flags/${Environment}/redis-url"},
+                {"Ref": "AWS::NoValue"},
+            ]
+        },
         "FLAG_CACHE_TTL_SECONDS": {"Ref": "FlagCacheTtlSeconds"},
         "COGNITO_USER_POOL_ID": {"Ref": "CognitoUserPoolId"},
         "COGNITO_CLIENT_ID": {"Ref": "CognitoClientId"},
         "RUST_LOG": "info",
     }
     assert template["Parameters"]["FlagCacheTtlSeconds"]["Default"] == 300
+    assert template["Parameters"]["RedisCacheEnabled"]["Default"] == "true"
 
 
 def test_functions_may_read_only_their_two_parameters(resources):
