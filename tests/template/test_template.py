@@ -290,7 +290,9 @@ def test_functions_may_read_only_their_two_parameters(resources):
         {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/database-url"},
         {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/redis-url"},
     ]
-    assert (ssm["Effect"], ssm["Action"], ssm["Resource"]) == ("Allow", "ssm:GetParameter", parameters)
+    # The functions read both URLs with one GetParameters call (crates/flags-api/src/context.rs).
+    assert (ssm["Effect"], ssm["Resource"]) == ("Allow", parameters)
+    assert set(ssm["Action"]) == {"ssm:GetParameters", "ssm:GetParameter"}
     assert (kms["Effect"], kms["Action"]) == ("Allow", "kms:Decrypt")
     condition = kms["Condition"]["StringEquals"]
     assert condition["kms:ViaService"] == {"Fn::Sub": "ssm.${AWS::Region}.amazonaws.com"}
