@@ -537,3 +537,14 @@ def test_every_checkov_suppression_has_a_reason(request, path_fixture):
         for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
             assert re.fullmatch(r"CKV2?_AWS_\d+", skip["id"]), skip
             assert len(skip.get("comment", "")) > 40, f"{name}: {skip['id']} needs a written reason"
+
+
+def test_translated_functions_keep_json_logs_in_their_own_group(transformed):
+    functions = of_type(transformed["Resources"], "AWS::Lambda::Function")
+    assert len(functions) == 12  # 11 routes + the pre-traffic hook
+    for name, function in functions.items():
+        props = function["Properties"]
+        # SAM merges the global LogFormat with each function's LogGroup.
+        assert props["LoggingConfig"] == {"LogFormat": "JSON", "LogGroup": {"Ref": f"{name.removesuffix('Function')}LogGroup"}}
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert props["Architectures"] == ["arm64"]
