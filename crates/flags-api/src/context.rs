@@ -1,0 +1,204 @@
+//! Everything a handler needs, built once per execution environment (Lambda init) or once per
+//! local server: configuration (environment and SSM), the flag service with its database pool
+//! and Redis client, and the token verifier.
+
+use crate::auth::TokenVerifier;
+use flags_core::FlagService;
+use flags_core::config::{Config, ConfigError};
+use flags_core::redis_client::RedisConnection;
+use flags_core::wiring::{App, WiringError};
+use jsonwebtoken::jwk::JwkSet;
+use std::path::PathBuf;
+
+/// Values of `REDIS_URL` (or its SSM parameter) that mean "no Redis": the emergency switch
+/// back to the in-memory cache without a code change.
+const REDIS_DISABLED_VALUES: [&str; 3] = ["disabled", "none", "off"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("SSM parameter {0} does not exist (or is not readable by this function)")]
+    MissingParameter(String),
+    #[error("could not read SSM parameters: {0}")]
+    Ssm(String),
+    #[error(transparent)]
+    Wiring(#[from] WiringError),
+    #[error("could not load the JWKS file {path}: {message}")]
+    Jwks { path: PathBuf, message: String },
+}
+
+/// How tokens are verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// A Cognito user pool's JWKS (AWS).
+    Cognito {
+        region: String,
+        user_pool_id: String,
+        client_id: Option<String>,
+    },
+    /// A JWKS file with a matching issuer (local runs; written by `flagctl`).
+    JwksFile {
+        path: PathBuf,
+        issuer: String,
+        client_id: Option<String>,
+    },
+    /// No verifier: every optional-auth caller is anonymous, admin routes need authorizer claims.
+    Disabled,
+}
+
+impl AuthConfig {
+    pub fn from_env(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        if let Some(path) = get("AUTH_JWKS_FILE") {
+            let issuer = get("AUTH_ISSUER")
+                .ok_or_else(|| ConfigError::new("AUTH_ISSUER", "required with AUTH_JWKS_FILE"))?;
+            return Ok(Self::JwksFile {
+                path: path.into(),
+                issuer,
+                client_id: get("AUTH_CLIENT_ID"),
+            });
+        }
+        if let Some(user_pool_id) = get("COGNITO_USER_POOL_ID") {
+            let region = get("AWS_REGION")
+                .or_else(|| user_pool_id.split('_').next().map(str::to_owned))
+                .ok_or_else(|| {
+                    ConfigError::new("AWS_REGION", "required with COGNITO_USER_POOL_ID")
+                })?;
+            return Ok(Self::Cognito {
+                region,
+                user_pool_id,
+                client_id: get("COGNITO_CLIENT_ID"),
+            });
+        }
+        Ok(Self::Disabled)
+    }
+
+    pub fn verifier(&self) -> Result<Option<TokenVerifier>, InitError> {
+        Ok(match self {
+            Self::Cognito {
+                region,
+                user_pool_id,
+                client_id,
+            } => Some(TokenVerifier::cognito(
+                region,
+                user_pool_id,
+                client_id.clone(),
+            )),
+            Self::JwksFile {
+                path,
+                issuer,
+                client_id,
+            } => {
+                let jwks_error = |message: String| InitError::Jwks {
+                    path: path.clone(),
+                    message,
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| jwks_error(e.to_string()))?;
+                let jwks: JwkSet =
+                    serde_json::from_str(&text).map_err(|e| jwks_error(e.to_string()))?;
+                Some(TokenVerifier::with_jwks(
+                    jwks,
+                    issuer.clone(),
+                    client_id.clone(),
+                ))
+            }
+            Self::Disabled => {
+                tracing::warn!(
+                    "no COGNITO_USER_POOL_ID or AUTH_JWKS_FILE: tokens are not verified by the handlers"
+                );
+                None
+            }
+        })
+    }
+}
+
+/// The database and Redis URLs, from SSM SecureString parameters when their names are
+/// configured (one `GetParameters` call, with decryption), else from the environment.
+pub async fn resolve_urls(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<(String, Option<String>), InitError> {
+    let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+    let database_param = get("DATABASE_URL_SSM_PARAMETER");
+    let redis_param = get("REDIS_URL_SSM_PARAMETER");
+    let mut from_ssm = std::collections::HashMap::new();
+    let names: Vec<String> = database_param
+        .iter()
+        .chain(redis_param.iter())
+        .cloned()
+        .collect();
+    if !names.is_empty() {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let client = aws_sdk_ssm::Client::new(&sdk);
+        let output = client
+            .get_parameters()
+            .set_names(Some(names))
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| InitError::Ssm(aws_sdk_ssm::error::DisplayErrorContext(e).to_string()))?;
+        for parameter in output.parameters() {
+            if let (Some(name), Some(value)) = (parameter.name(), parameter.value()) {
+                from_ssm.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    let database_url = match &database_param {
+        Some(name) => from_ssm
+            .remove(name)
+            .ok_or_else(|| InitError::MissingParameter(name.clone()))?,
+        None => get("DATABASE_URL").ok_or_else(|| {
+            ConfigError::new(
+                "DATABASE_URL",
+                "set DATABASE_URL or DATABASE_URL_SSM_PARAMETER",
+            )
+        })?,
+    };
+    let redis_url = match &redis_param {
+        Some(name) => match from_ssm.remove(name) {
+            Some(value) => Some(value),
+            None => {
+                // Removing the parameter is the documented emergency fallback to the in-memory cache.
+                tracing::warn!(parameter = %name, "Redis URL parameter not found; using the in-memory cache");
+                None
+            }
+        },
+        None => get("REDIS_URL"),
+    };
+    let redis_url = redis_url
+        .filter(|url| !REDIS_DISABLED_VALUES.contains(&url.trim().to_ascii_lowercase().as_str()));
+    Ok((database_url, redis_url))
+}
+
+/// What every handler gets.
+#[derive(Debug)]
+pub struct AppContext {
+    pub service: FlagService,
+    pub verifier: Option<TokenVerifier>,
+    pub redis: Option<RedisConnection>,
+}
+
+impl AppContext {
+    pub async fn new(config: &Config, auth: &AuthConfig) -> Result<Self, InitError> {
+        let App { service, redis } = App::build(config).await?;
+        let verifier = auth.verifier()?;
+        if let Some(verifier) = &verifier {
+            verifier.warm_up().await;
+        }
+        Ok(Self {
+            service,
+            verifier,
+            redis,
+        })
+    }
+
+    /// The Lambda configuration: process environment and SSM; never `.env` files.
+    pub async fn from_env() -> Result<Self, InitError> {
+        let lookup = |name: &str| std::env::var(name).ok();
+        let (database_url, redis_url) = resolve_urls(&lookup).await?;
+        let config = Config::new(database_url, redis_url).with_env_overrides(lookup)?;
+        let auth = AuthConfig::from_env(&lookup)?;
+        Self::new(&config, &auth).await
+    }
+}

@@ -1,0 +1,310 @@
+//! One function per route. Each validates in the contract's order (401 → 403 → 400 → 404 →
+//! 429 → change), calls the flag service and shapes the JSON; errors become responses in
+//! [`ApiError::into_response`].
+
+use crate::api::{ApiError, ApiRequest, ApiResponse, ValidationErrors};
+use crate::auth::{optional_caller, require_admin};
+use crate::context::AppContext;
+use crate::routes::Route;
+use crate::validation::{
+    Fields, environment, flag_key_param, json_object, positive_query_int, user_id_param,
+};
+use flags_core::domain::{
+    Flag, FlagPatch, MAX_DESCRIPTION_CHARS, NewFlag, NewOverride, OverrideType, Rollout, UserId,
+    UserOverride,
+};
+use flags_core::service::{PageRequest, RedisStatus};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// Handles one request for one route; never fails (errors are responses).
+pub async fn handle(ctx: &AppContext, route: Route, request: ApiRequest) -> ApiResponse {
+    let result = match route {
+        Route::GetFlags => get_flags(ctx, &request).await,
+        Route::GetFlag => get_flag(ctx, &request).await,
+        Route::Health => Ok(health(ctx).await),
+        Route::AdminListFlags => admin_list_flags(ctx, &request).await,
+        Route::AdminCreateFlag => admin_create_flag(ctx, &request).await,
+        Route::AdminUpdateFlag => admin_update_flag(ctx, &request).await,
+        Route::AdminDeleteFlag => admin_delete_flag(ctx, &request).await,
+        Route::AdminUpsertOverride => admin_upsert_override(ctx, &request).await,
+        Route::AdminDeleteOverride => admin_delete_override(ctx, &request).await,
+        Route::AdminListOverrides => admin_list_overrides(ctx, &request).await,
+        Route::AdminInvalidateCache => admin_invalidate_cache(ctx, &request).await,
+    };
+    let response = result.unwrap_or_else(ApiError::into_response);
+    tracing::info!(
+        route = route.function_name(),
+        status = response.status.as_u16(),
+        "request handled"
+    );
+    response
+}
+
+fn flag_detail(flag: &Flag) -> Value {
+    json!({
+        "key": flag.flag_key,
+        "enabled": flag.enabled,
+        "rolloutPercentage": flag.rollout_percentage,
+        "description": flag.description,
+    })
+}
+
+fn override_json(item: &UserOverride) -> Value {
+    json!({
+        "userId": item.user_id,
+        "overrideType": item.override_type.as_str(),
+        "reason": item.reason,
+        "createdBy": item.created_by,
+        "createdAt": item.created_at,
+    })
+}
+
+async fn get_flags(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
+    let mut errors = ValidationErrors::default();
+    let env = environment(request, &mut errors);
+    errors.into_result()?;
+    let env = env.ok_or(ApiError::Internal)?;
+    let caller = optional_caller(ctx.verifier.as_ref(), request).await;
+    let flags = ctx
+        .service
+        .evaluate_all(&env, caller.as_ref().map(|c| c.sub.as_str()))
+        .await?;
+    Ok(ApiResponse::ok(json!(flags)))
+}
+
+async fn get_flag(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
+    let mut errors = ValidationErrors::default();
+    let (env, key) = (
+        environment(request, &mut errors),
+        flag_key_param(request, &mut errors),
+    );
+    errors.into_result()?;
+    let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
+    let flag = ctx.service.get_flag(&env, &key).await?;
+    Ok(ApiResponse::ok(flag_detail(&flag)))
+}
+
+async fn health(ctx: &AppContext) -> ApiResponse {
+    let report = ctx.service.health().await;
+    let status = if report.database_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if report.is_ok() { "ok" } else { "degraded" },
+        "cache": report.cache.map_or("none", |kind| kind.as_str()),
+        "redis": match report.redis {
+            RedisStatus::Up => "up",
+            RedisStatus::Down => "down",
+            RedisStatus::Disabled => "disabled",
+        },
+        "database": if report.database_up { "up" } else { "down" },
+    });
+    ApiResponse::json(status, body)
+}
+
+async fn admin_list_flags(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
+    require_admin(ctx.verifier.as_ref(), request).await?;
+    let mut errors = ValidationErrors::default();
+    let env = environment(request, &mut errors);
+    errors.into_result()?;
+    let flags = ctx
+        .service
+        .list_flags(&env.ok_or(ApiError::Internal)?)
+        .await?;
+    let body: Vec<Value> = flags
+        .iter()
+        .map(|f| {
+            let mut detail = flag_detail(f);
+            detail["createdAt"] = json!(f.created_at);
+            detail["updatedAt"] = json!(f.updated_at);
+            detail
+        })
+        .collect();
+    Ok(ApiResponse::ok(json!(body)))
+}
+
+async fn admin_create_flag(
+    ctx: &AppContext,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    require_admin(ctx.verifier.as_ref(), request).await?;
+    let mut errors = ValidationErrors::default();
+    let env = environment(request, &mut errors);
+    let body = json_object(request)?;
+    let mut fields = Fields::new(
+        body,
+        &["flagKey", "enabled", "rolloutPercentage", "description"],
+    );
+    let flag_key = fields.string("flagKey", 1, flags_core::domain::FlagKey::MAX_LEN, true);
+    let flag_key = flag_key.and_then(|k| {
+        flags_core::domain::FlagKey::parse(&k)
+            .map_err(|e| fields.errors.add("flagKey", e.0))
+            .ok()
+    });
+    let enabled = fields.bool("enabled");
+    let rollout = fields.integer("rolloutPercentage", 0, 100);
+    let description = fields.nullable_string("description", MAX_DESCRIPTION_CHARS);
+    errors.merge(fields.errors);
+    errors.into_result()?;
+    let (env, flag_key) = env.zip(flag_key).ok_or(ApiError::Internal)?;
+    let new = NewFlag {
+        flag_key,
+        enabled: enabled.unwrap_or(false),
+        rollout: Rollout::new(rollout.unwrap_or(0)).ok_or(ApiError::Internal)?,
+        description: description.flatten(),
+    };
+    let flag = ctx.service.create_flag(&env, new).await?;
+    Ok(ApiResponse::json(StatusCode::CREATED, flag_detail(&flag)))
+}
+
+async fn admin_update_flag(
+    ctx: &AppContext,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    require_admin(ctx.verifier.as_ref(), request).await?;
+    let mut errors = ValidationErrors::default();
+    let (env, key) = (
+        environment(request, &mut errors),
+        flag_key_param(request, &mut errors),
+    );
+    let body = json_object(request)?;
+    let mut fields = Fields::new(body, &["enabled", "rolloutPercentage", "description"]);
+    let patch = FlagPatch {
+        enabled: fields.bool("enabled"),
+        rollout: fields
+            .integer("rolloutPercentage", 0, 100)
+            .and_then(Rollout::new),
+        description: fields.nullable_string("description", MAX_DESCRIPTION_CHARS),
+    };
+    errors.merge(fields.errors);
+    errors.into_result()?;
+    let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
+    let flag = ctx.service.update_flag(&env, &key, patch).await?;
+    Ok(ApiResponse::ok(flag_detail(&flag)))
+}
+
+async fn admin_delete_flag(
+    ctx: &AppContext,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    require_admin(ctx.verifier.as_ref(), request).await?;
+    let mut errors = ValidationErrors::default();
+    let (env, key) = (
+        environment(request, &mut errors),
+        flag_key_param(request, &mut errors),
+    );
+    errors.into_result()?;
+    let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
+    ctx.service.delete_flag(&env, &key).await?;
+    Ok(ApiResponse::no_content())
+}
+
+async fn admin_upsert_override(
+    ctx: &AppContext,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
+    let mut errors = ValidationErrors::default();
+    let (env, key) = (
+        environment(request, &mut errors),
+        flag_key_param(request, &mut errors),
+    );
+    let body = json_object(request)?;
+    let mut fields = Fields::new(body, &["userId", "overrideType", "reason"]);
+    let user_id = fields
+        .string("userId", 1, UserId::MAX_CHARS, true)
+        .and_then(|u| UserId::parse(&u).ok());
+    let override_type = fields.one_of("overrideType", &["include", "exclude"], true);
+    let reason = fields.nullable_string("reason", MAX_DESCRIPTION_CHARS);
+    errors.merge(fields.errors);
+    errors.into_result()?;
+    let override_type = override_type.as_deref().and_then(OverrideType::parse);
+    let (((env, key), user_id), override_type) = env
+        .zip(key)
+        .zip(user_id)
+        .zip(override_type)
+        .ok_or(ApiError::Internal)?;
+    let new = NewOverride {
+        user_id,
+        override_type,
+        reason: reason.flatten(),
+        created_by: Some(admin.sub),
+    };
+    let saved = ctx.service.upsert_override(&env, &key, new).await?;
+    Ok(ApiResponse::json(
+        StatusCode::CREATED,
+        override_json(&saved),
+    ))
+}
+
+async fn admin_delete_override(
+    ctx: &AppContext,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    require_admin(ctx.verifier.as_ref(), request).await?;
+    let mut errors = ValidationErrors::default();
+    let (env, key) = (
+        environment(request, &mut errors),
+        flag_key_param(request, &mut errors),
+    );
+    let user_id = user_id_param(request, &mut errors);
+    errors.into_result()?;
+    let ((env, key), user_id) = env.zip(key).zip(user_id).ok_or(ApiError::Internal)?;
+    ctx.service
+        .delete_override(&env, &key, user_id.as_str())
+        .await?;
+    Ok(ApiResponse::no_content())
+}
+
+async fn admin_list_overrides(
+    ctx: &AppContext,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    require_admin(ctx.verifier.as_ref(), request).await?;
+    let mut errors = ValidationErrors::default();
+    let (env, key) = (
+        environment(request, &mut errors),
+        flag_key_param(request, &mut errors),
+    );
+    let page = positive_query_int(request, "page", 1, &mut errors);
+    let page_size = positive_query_int(request, "pageSize", DEFAULT_PAGE_SIZE, &mut errors)
+        .map(|s| s.min(MAX_PAGE_SIZE));
+    errors.into_result()?;
+    let (((env, key), page), page_size) = env
+        .zip(key)
+        .zip(page)
+        .zip(page_size)
+        .ok_or(ApiError::Internal)?;
+    let result = ctx
+        .service
+        .list_overrides(&env, &key, PageRequest { page, page_size })
+        .await?;
+    let of_type = |kind: OverrideType| -> Vec<Value> {
+        result
+            .overrides
+            .iter()
+            .filter(|o| o.override_type == kind)
+            .map(override_json)
+            .collect()
+    };
+    Ok(ApiResponse::ok(json!({
+        "includes": of_type(OverrideType::Include),
+        "excludes": of_type(OverrideType::Exclude),
+        "pagination": { "page": page, "pageSize": page_size, "total": result.total },
+    })))
+}
+
+async fn admin_invalidate_cache(
+    ctx: &AppContext,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    require_admin(ctx.verifier.as_ref(), request).await?;
+    let count = ctx.service.invalidate_all().await;
+    Ok(ApiResponse::ok(json!({ "invalidatedKeys": count })))
+}

@@ -1,0 +1,83 @@
+//! The Lambda edge: API Gateway HTTP API (payload v2) events in, responses out. Each function
+//! binary calls [`run`] with its route; everything is built during init, before the runtime
+//! loop, and reused by every warm invocation.
+
+use crate::api::{ApiRequest, ApiResponse};
+use crate::context::AppContext;
+use crate::handlers::handle;
+use crate::routes::Route;
+use bytes::Bytes;
+use flags_core::telemetry::{self, LogFormat};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response, service_fn};
+use std::sync::Arc;
+
+/// Init (configuration, pools, Redis client, JWKS), then the runtime loop.
+pub async fn run(route: Route) -> Result<(), lambda_http::Error> {
+    telemetry::init(LogFormat::Json);
+    let context = match AppContext::from_env().await {
+        Ok(context) => Arc::new(context),
+        Err(error) => {
+            // Fails the init phase with a message that names what is wrong, never a secret.
+            tracing::error!(error = %error, "initialisation failed");
+            return Err(error.into());
+        }
+    };
+    lambda_http::run(service_fn(move |event: Request| {
+        let context = context.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(into_lambda_response(
+                handle(&context, route, into_api_request(event)).await,
+            ))
+        }
+    }))
+    .await
+}
+
+pub fn into_api_request(event: Request) -> ApiRequest {
+    let path_params = event
+        .path_parameters()
+        .iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let query = event
+        .query_string_parameters()
+        .iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let authorizer_claims = match event.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context
+            .authorizer
+            .as_ref()
+            .and_then(|a| a.jwt.as_ref())
+            .map(|jwt| jwt.claims.clone()),
+        _ => None,
+    };
+    let (parts, body) = event.into_parts();
+    let body = match body {
+        Body::Empty => Bytes::new(),
+        Body::Text(text) => Bytes::from(text),
+        Body::Binary(bytes) => Bytes::from(bytes),
+        _ => Bytes::new(),
+    };
+    ApiRequest {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        path_params,
+        query,
+        headers: parts.headers,
+        body,
+        authorizer_claims,
+    }
+}
+
+pub fn into_lambda_response(response: ApiResponse) -> Response<Body> {
+    let body = match &response.body {
+        Some(value) => Body::Text(value.to_string()),
+        None => Body::Empty,
+    };
+    let mut lambda_response = Response::new(body);
+    *lambda_response.status_mut() = response.status;
+    *lambda_response.headers_mut() = response.headers;
+    lambda_response
+}

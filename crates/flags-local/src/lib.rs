@@ -1,0 +1,39 @@
+//! Local development for the feature-flag service: the local HTTP server (same handlers as the
+//! Lambda functions), the local token issuer, configuration with embedded defaults, and the
+//! demo data. The `flagctl` binary is the command line over all of it.
+
+pub mod keys;
+pub mod seed;
+pub mod server;
+pub mod settings;
+
+use flags_api::AppContext;
+use std::sync::Arc;
+
+/// Builds the handler context for a local run: migrations applied (the embedded SQLite
+/// database creates itself), demo flags seeded when empty, local token keys ready.
+pub async fn local_context(
+    settings: &settings::LocalSettings,
+) -> Result<(Arc<AppContext>, keys::LocalKeys), String> {
+    settings
+        .prepare_data_dir()
+        .map_err(|e| format!("cannot create {}: {e}", settings.data_dir.display()))?;
+    let keys = keys::LocalKeys::load_or_create(&settings.keys_dir())
+        .map_err(|e| format!("local keys: {e}"))?;
+    let context = AppContext::new(&settings.config, &keys.auth_config())
+        .await
+        .map_err(|e| e.to_string())?;
+    context
+        .service
+        .store()
+        .migrate()
+        .await
+        .map_err(|e| format!("migrations: {e}"))?;
+    let seeded = seed::seed_if_empty(&context.service)
+        .await
+        .map_err(|e| format!("seeding: {e}"))?;
+    if seeded > 0 {
+        tracing::info!(flags = seeded, "seeded the demo flags");
+    }
+    Ok((Arc::new(context), keys))
+}

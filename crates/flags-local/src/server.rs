@@ -1,0 +1,101 @@
+//! The local HTTP server: API Gateway's part played locally. It routes every contract path
+//! (also under `/api`) to the very same handler functions the Lambda binaries call.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use flags_api::api::MAX_BODY_BYTES;
+use flags_api::handlers::handle;
+use flags_api::{ApiError, ApiRequest, ApiResponse, AppContext, Route};
+use http::{Request, Response};
+use percent_encoding::percent_decode_str;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Serves until `shutdown` completes, then finishes in-flight requests and returns.
+pub async fn serve(
+    listener: TcpListener,
+    context: Arc<AppContext>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().fallback(dispatch).with_state(context);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn dispatch(
+    State(context): State<Arc<AppContext>>,
+    request: Request<Body>,
+) -> Response<Body> {
+    let response = match to_api_request(request).await {
+        Ok((route, api_request)) => handle(&context, route, api_request).await,
+        Err(error) => error.into_response(),
+    };
+    to_http_response(response)
+}
+
+/// Splits the path into decoded segments, dropping the optional `/api` prefix.
+fn path_segments(path: &str) -> Vec<String> {
+    let path = path
+        .strip_prefix("/api")
+        .filter(|p| p.is_empty() || p.starts_with('/'))
+        .unwrap_or(path);
+    path.trim_start_matches('/')
+        .trim_end_matches('/')
+        .split('/')
+        .map(|segment| percent_decode_str(segment).decode_utf8_lossy().into_owned())
+        .collect()
+}
+
+async fn to_api_request(request: Request<Body>) -> Result<(Route, ApiRequest), ApiError> {
+    let (parts, body) = request.into_parts();
+    let segments = path_segments(parts.uri.path());
+    let (route, path_params) =
+        Route::match_path(&parts.method, &segments).ok_or(ApiError::RouteNotFound)?;
+    let query = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    // Reading one byte past the limit is enough to know the body is too large.
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES + 1)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge)?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let api_request = ApiRequest {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        path_params,
+        query,
+        headers: parts.headers,
+        body,
+        authorizer_claims: None,
+    };
+    Ok((route, api_request))
+}
+
+fn to_http_response(response: ApiResponse) -> Response<Body> {
+    let body = Body::from(response.body_bytes());
+    let mut http_response = Response::new(body);
+    *http_response.status_mut() = response.status;
+    *http_response.headers_mut() = response.headers;
+    http_response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_prefix_and_encoding() {
+        assert_eq!(path_segments("/api/config/flags"), ["config", "flags"]);
+        assert_eq!(path_segments("/config/flags/"), ["config", "flags"]);
+        assert_eq!(path_segments("/apiary"), ["apiary"]);
+        assert_eq!(
+            path_segments("/admin/flags/f/users/a%20b%2Fc"),
+            ["admin", "flags", "f", "users", "a b/c"]
+        );
+    }
+}

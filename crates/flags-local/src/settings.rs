@@ -1,0 +1,101 @@
+//! Local configuration: `.env.local` (if present) and the environment, with embedded defaults
+//! so that `make run` works with nothing installed but Rust.
+
+use flags_core::Config;
+use flags_core::config::{ConfigError, redact_url};
+use std::path::PathBuf;
+
+/// The ignored folder for local state: the SQLite database and the local signing keys.
+pub const DATA_DIR: &str = ".data";
+pub const DEFAULT_PORT: u16 = 3000;
+
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    pub config: Config,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl LocalSettings {
+    /// Reads `.env.local` from the working directory (values already in the environment win),
+    /// then builds the configuration. Pools are sized for a server, not a Lambda function.
+    pub fn load() -> Result<Self, ConfigError> {
+        let _ = dotenvy::from_filename(".env.local");
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let data_dir = PathBuf::from(get("FLAGS_DATA_DIR").unwrap_or_else(|| DATA_DIR.to_owned()));
+        let database_url = get("DATABASE_URL")
+            .unwrap_or_else(|| format!("sqlite://{}/flags.db", data_dir.display()));
+        let mut config = Config::new(database_url, get("REDIS_URL"));
+        config.database_pool_size = 10;
+        if let Some(redis) = config.redis.as_mut() {
+            redis.pool_size = 4;
+        }
+        let config = config.with_env_overrides(&lookup)?;
+        let port = match get("PORT") {
+            None => DEFAULT_PORT,
+            Some(raw) => raw
+                .parse()
+                .map_err(|_| ConfigError::new("PORT", "must be a port number"))?,
+        };
+        Ok(Self {
+            config,
+            port,
+            data_dir,
+        })
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("auth")
+    }
+
+    /// Creates the data folder when the database is the embedded SQLite file.
+    pub fn prepare_data_dir(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.data_dir)
+    }
+
+    /// One line per store, for the start-up banner; never shows a password.
+    pub fn describe_stores(&self) -> (String, String) {
+        let database = redact_url(self.config.database_url.expose());
+        let cache = match &self.config.redis {
+            Some(redis) => format!("Redis at {}", redact_url(redis.url.expose())),
+            None => "in-memory (set REDIS_URL to use Redis)".to_owned(),
+        };
+        (database, cache)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_embedded() {
+        let settings = LocalSettings::from_lookup(|_| None).unwrap();
+        assert_eq!(settings.port, 3000);
+        assert_eq!(
+            settings.config.database_url.expose(),
+            "sqlite://.data/flags.db"
+        );
+        assert!(settings.config.redis.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let settings = LocalSettings::from_lookup(|name| match name {
+            "PORT" => Some("4000".into()),
+            "REDIS_URL" => Some("redis://:pw@127.0.0.1:6379".into()),
+            "DATABASE_URL" => Some("postgres://postgres@127.0.0.1/test".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(settings.port, 4000);
+        let (database, cache) = settings.describe_stores();
+        assert!(database.starts_with("postgres://"));
+        assert!(cache.contains("***") && !cache.contains("pw"));
+        assert!(LocalSettings::from_lookup(|n| (n == "PORT").then(|| "x".into())).is_err());
+    }
+}
