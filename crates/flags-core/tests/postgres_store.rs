@@ -1,4 +1,9 @@
 //! The storage contract against a real PostgreSQL server (a fresh schema per test).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::bool_assert_comparison
+)]
 mod common;
 
 store_contract_tests!(common::postgres_store);

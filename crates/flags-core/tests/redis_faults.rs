@@ -1,6 +1,11 @@
 //! Redis failures while the service is answering, against a Redis server each test owns on a
 //! spare port (the shared server on 6379 is never stopped). Contract §3: Redis trouble never
 //! becomes an error, and the cache comes back by itself (AC1, AC3, AC6).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::bool_assert_comparison
+)]
 mod common;
 
 use common::service::{redis_connection, service_with_redis};

@@ -1,5 +1,10 @@
 //! The flag service over real PostgreSQL and Redis: cache-aside reads, invalidation, the
 //! stale-repopulation race, the shared rate limit and the wiring (AC4, AC8, AC14).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::bool_assert_comparison
+)]
 mod common;
 
 use common::service::{PausingStore, redis_connection, service_with_memory, service_with_redis};
