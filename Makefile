@@ -6,7 +6,9 @@ SHELL := /bin/bash
 export DATABASE_URL_TEST ?= postgres://postgres@127.0.0.1:5432/test
 export REDIS_URL_TEST ?= redis://127.0.0.1:6379
 
-.PHONY: help test test-rust lint fmt services
+TEST_TOOLS := .tools/test
+
+.PHONY: help run test lint fmt services tools-test release-bins
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -14,11 +16,26 @@ help: ## List the targets
 services: ## Make sure local PostgreSQL and Redis are up (starts them if installed)
 	@DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) scripts/ensure-services.sh
 
-test: services ## Run the whole test suite against real PostgreSQL and Redis
+run: ## Start the service on http://127.0.0.1:3000 (SQLite + in-memory cache unless .env.local says otherwise)
+	cargo run --locked -p flags-local --bin flagctl -- serve
+
+tools-test: $(TEST_TOOLS)/.installed ## Install the pinned test tools (cargo-lambda, moto) into .tools/test
+
+$(TEST_TOOLS)/.installed: tools/requirements-test.txt
+	@echo "==> $(TEST_TOOLS): cargo-lambda (Lambda runtime emulator), moto (SSM emulator)"
+	@rm -rf $(TEST_TOOLS) && python3 -m venv $(TEST_TOOLS)
+	@$(TEST_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --no-input -r tools/requirements-test.txt
+	@touch $@
+
+release-bins: ## Build the release Lambda binaries the emulator tests run
+	cargo build --release --locked -p flags-api --bins
+
+test: services tools-test release-bins ## Run the whole test suite against real PostgreSQL and Redis
 	@mkdir -p target
 	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) \
-	  cargo test --workspace --locked 2>&1 | tee target/test.log
-	@echo; echo "Tests by backend:"; scripts/test-summary.sh target/test.log
+	  cargo test --workspace --locked --lib --test '*' 2>&1 | tee target/test.log
+	@if [ -d tests/template ]; then $(MAKE) --no-print-directory test-template 2>&1 | tee target/test-template.log; fi
+	@echo; echo "Tests by backend:"; scripts/test-summary.sh target/test.log target/test-template.log
 
 lint: ## rustfmt check and clippy with warnings denied
 	cargo fmt --all -- --check
