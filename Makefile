@@ -8,7 +8,7 @@ export REDIS_URL_TEST ?= redis://127.0.0.1:6379
 
 TEST_TOOLS := .tools/test
 
-.PHONY: help run test lint fmt services tools-test release-bins
+.PHONY: help run test lint fmt services tools-test
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -27,13 +27,11 @@ $(TEST_TOOLS)/.installed: tools/requirements-test.txt
 	@$(TEST_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --no-input -r tools/requirements-test.txt
 	@touch $@
 
-release-bins: ## Build the release Lambda binaries the emulator tests run
-	cargo build --release --locked -p flags-api --bins
-
-test: services tools-test release-bins ## Run the whole test suite against real PostgreSQL and Redis
+# One release build serves the tests and the Lambda binaries the emulator tests run.
+test: services tools-test ## Run the whole test suite against real PostgreSQL and Redis
 	@mkdir -p target
 	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) \
-	  cargo test --workspace --locked --lib --test '*' 2>&1 | tee target/test.log
+	  cargo test --release --workspace --locked --lib --test '*' 2>&1 | tee target/test.log
 	@if [ -d tests/template ]; then $(MAKE) --no-print-directory test-template 2>&1 | tee target/test-template.log; fi
 	@echo; echo "Tests by backend:"; scripts/test-summary.sh target/test.log target/test-template.log
 

@@ -1,7 +1,10 @@
 //! The real release Lambda binaries under a Lambda runtime emulator (`cargo lambda watch
 //! --only-lambda-apis`), fed the API Gateway events in `events/`: with Redis up, with Redis
-//! down, and without `REDIS_URL` (AC5). `make test` builds the binaries first.
+//! down, without `REDIS_URL`, and with the URLs in a local SSM emulator (AC5, AC16). Cargo builds
+//! the binaries for this test in the test's own profile: `make test` runs it with `--release`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// The end-to-end helpers are shared with the local server's tests.
+#[path = "../../flags-local/tests/common/mod.rs"]
 mod common;
 
 use common::{free_port, local_keys, redis_url, seeded_postgres_url, tool, workspace_root};
@@ -30,14 +33,22 @@ fn wait_for_port(port: u16) {
     }
 }
 
-fn release_binary(function: &str) -> std::path::PathBuf {
-    let path = workspace_root().join("target/release").join(function);
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo build --release -p flags-api --bins` (make test does)",
-        path.display()
-    );
-    path
+/// The function binaries of this package, built by Cargo for this test in the test's profile.
+fn release_binary(function: &str) -> &'static str {
+    match function {
+        "get-flags" => env!("CARGO_BIN_EXE_get-flags"),
+        "get-flag" => env!("CARGO_BIN_EXE_get-flag"),
+        "health" => env!("CARGO_BIN_EXE_health"),
+        "admin-list-flags" => env!("CARGO_BIN_EXE_admin-list-flags"),
+        "admin-create-flag" => env!("CARGO_BIN_EXE_admin-create-flag"),
+        "admin-update-flag" => env!("CARGO_BIN_EXE_admin-update-flag"),
+        "admin-delete-flag" => env!("CARGO_BIN_EXE_admin-delete-flag"),
+        "admin-upsert-override" => env!("CARGO_BIN_EXE_admin-upsert-override"),
+        "admin-delete-override" => env!("CARGO_BIN_EXE_admin-delete-override"),
+        "admin-list-overrides" => env!("CARGO_BIN_EXE_admin-list-overrides"),
+        "admin-invalidate-cache" => env!("CARGO_BIN_EXE_admin-invalidate-cache"),
+        other => panic!("no function binary named {other}"),
+    }
 }
 
 fn event(function: &str) -> Value {
@@ -47,26 +58,30 @@ fn event(function: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-/// Starts the emulator and the function binary, sends `events`, returns the API Gateway responses.
-async fn invoke(function: &str, env: &[(&str, String)], events: Vec<Value>) -> Vec<Value> {
+/// The Lambda runtime emulator on a spare port, with only its runtime and invoke APIs.
+fn start_emulator() -> (Running, u16) {
     let port = free_port();
-    let _emulator = Running(
-        Command::new(tool("CARGO_LAMBDA", "cargo-lambda"))
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cargo-lambda runs"),
-    );
+    let emulator = Command::new(tool("CARGO_LAMBDA", "cargo-lambda"))
+        .args([
+            "lambda",
+            "watch",
+            "--only-lambda-apis",
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cargo-lambda runs");
+    let emulator = Running(emulator);
     wait_for_port(port);
+    (emulator, port)
+}
+
+/// A function binary pointed at the emulator, with a clean environment (as in Lambda).
+fn function_command(function: &str, port: u16) -> Command {
     let mut command = Command::new(release_binary(function));
     command
         .env_clear()
@@ -78,9 +93,15 @@ async fn invoke(function: &str, env: &[(&str, String)], events: Vec<Value>) -> V
         .env("AWS_LAMBDA_FUNCTION_NAME", "_")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .env("RUST_LOG", "info");
+    command
+}
+
+/// Starts the emulator and the function binary, sends `events`, returns the API Gateway responses.
+async fn invoke(function: &str, env: &[(&str, String)], events: Vec<Value>) -> Vec<Value> {
+    let (_emulator, port) = start_emulator();
+    let mut command = function_command(function, port);
+    command.stdout(Stdio::null()).stderr(Stdio::null());
     for (key, value) in env {
         command.env(key, value);
     }
@@ -193,33 +214,8 @@ async fn functions_without_redis_url() {
 
 #[tokio::test]
 async fn a_missing_database_url_fails_the_init_with_a_clear_message() {
-    let port = free_port();
-    let _emulator = Running(
-        Command::new(tool("CARGO_LAMBDA", "cargo-lambda"))
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port);
-    let output = Command::new(release_binary("health"))
-        .env_clear()
-        .env(
-            "AWS_LAMBDA_RUNTIME_API",
-            format!("http://127.0.0.1:{port}/.rt"),
-        )
-        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-        .output()
-        .unwrap();
+    let (_emulator, port) = start_emulator();
+    let output = function_command("health", port).output().unwrap();
     assert!(!output.status.success());
     let logs = String::from_utf8_lossy(&output.stderr);
     assert!(logs.contains("DATABASE_URL"), "{logs}");
@@ -322,32 +318,9 @@ async fn a_missing_ssm_parameter_fails_the_init_naming_it_not_the_values() {
         "redis://:very-secret-token@127.0.0.1:6379",
     )
     .await;
-    let port = free_port();
-    let _emulator = Running(
-        Command::new(tool("CARGO_LAMBDA", "cargo-lambda"))
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port);
-    let mut command = Command::new(release_binary("health"));
+    let (_emulator, port) = start_emulator();
+    let mut command = function_command("health", port);
     command
-        .env_clear()
-        .env(
-            "AWS_LAMBDA_RUNTIME_API",
-            format!("http://127.0.0.1:{port}/.rt"),
-        )
-        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
         .env(
             "DATABASE_URL_SSM_PARAMETER",
             "/feature-flags/test/does-not-exist",
