@@ -35,9 +35,10 @@ test: services tools-test ## Run the whole test suite against real PostgreSQL an
 	@if [ -d tests/template ]; then $(MAKE) --no-print-directory test-template 2>&1 | tee target/test-template.log; fi
 	@echo; echo "Tests by backend:"; scripts/test-summary.sh target/test.log target/test-template.log
 
+# --release: clippy then shares build scripts and proc-macros (aws-lc, SQLite C builds) with `make test`.
 lint: ## rustfmt check and clippy with warnings denied
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy --release --workspace --all-targets --locked -- -D warnings
 
 fmt: ## Format the code
 	cargo fmt --all
