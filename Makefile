@@ -8,7 +8,7 @@ export REDIS_URL_TEST ?= redis://127.0.0.1:6379
 
 TEST_TOOLS := .tools/test
 
-.PHONY: help run test lint fmt services tools-test
+.PHONY: help run test lint fmt services tools-test load loadbench faults coldstart bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -43,4 +43,27 @@ lint: ## rustfmt check and clippy with warnings denied
 fmt: ## Format the code
 	cargo fmt --all
 
+# --- evidence: load, faults, cold start, micro-benchmarks (docs/performance.md) ---------------
+# Everything runs in release against the real local PostgreSQL and Redis; the reports land in
+# target/bench/ and target/load/.
+BENCH := cargo run --release --locked -q -p flags-bench --bin
+
+load: services ## AC10: the Artillery scenario (ensure thresholds) and the Rust load benchmark
+	$(MAKE) --no-print-directory load-artillery
+	$(MAKE) --no-print-directory loadbench
+
+loadbench: services ## Rust load benchmark: 1/10/50 clients per cache and database, connection counts
+	$(BENCH) loadbench
+
+faults: services ## Fault-injection suite under load (Redis killed, frozen, READONLY, slow, garbage; PostgreSQL cut)
+	$(BENCH) faults
+
+coldstart: services tools-test ## Cold start, size and peak memory of a release Lambda binary under the emulator
+	cargo build --release --locked -q -p flags-api --bin get-flags
+	$(BENCH) coldstart -- --emulator $(TEST_TOOLS)/bin/cargo-lambda
+
+bench: ## Criterion micro-benchmarks: evaluating 10/100/1000 flags, decoding/encoding the snapshot
+	cargo bench --locked -p flags-bench --bench evaluation
+
 -include mk/infra.mk
+-include mk/load.mk

@@ -227,6 +227,71 @@ async fn environments_are_independent() {
     assert_eq!(cache.read(&b, None).await.unwrap().flags, Some(flags_b));
 }
 
+fn fill_flags(flags: &FlagSet) -> CacheFill<'_> {
+    CacheFill {
+        flags: Some(flags),
+        overrides: None,
+    }
+}
+
+/// Garbage under the generation key (a string INCR cannot take, or another type) must neither
+/// stop fills for good nor stop invalidation from deleting the snapshot.
+#[tokio::test]
+async fn a_garbage_generation_heals_and_invalidation_still_deletes() {
+    let cache = cache().await;
+    let raw = redis_client(&redis_url()).await;
+    for garbage in ["garbage", "-1", "007", "99999999999999999999", "hash"] {
+        let env = unique_env();
+        let flags = flag_set(env.as_str(), &[("a", 10)]);
+        let generation_key = flags_core::cache::generation_key(&env);
+        if garbage == "hash" {
+            let _: fred::prelude::Value = raw
+                .custom(fred::cmd!("HSET"), vec![generation_key.as_str(), "f", "v"])
+                .await
+                .unwrap();
+        } else {
+            raw.set::<(), _, _>(&generation_key, garbage, None, None, false)
+                .await
+                .unwrap();
+        }
+
+        // A reader of the unusable generation does not fill, but the next reader can.
+        let seen = cache
+            .read(&env, None)
+            .await
+            .expect("not an error")
+            .generation;
+        let _ = cache
+            .fill(&env, seen, fill_flags(&flags))
+            .await
+            .expect("not an error");
+        let next = cache.read(&env, None).await.unwrap().generation;
+        assert!(
+            cache.fill(&env, next, fill_flags(&flags)).await.unwrap(),
+            "{garbage:?}: the cache is usable again"
+        );
+        assert!(cache.read(&env, None).await.unwrap().flags.is_some());
+
+        // Garbage again, then a write: the snapshot must go, and older readers stay refused.
+        raw.set::<(), _, _>(&generation_key, garbage, None, None, false)
+            .await
+            .unwrap();
+        cache
+            .invalidate(&env, Invalidation::Flags)
+            .await
+            .expect("invalidation works over garbage");
+        let read = cache.read(&env, None).await.unwrap();
+        assert!(read.flags.is_none(), "{garbage:?}: snapshot deleted");
+        assert!(!cache.fill(&env, next, fill_flags(&flags)).await.unwrap());
+        assert!(
+            cache
+                .fill(&env, read.generation, fill_flags(&flags))
+                .await
+                .unwrap()
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_fill_with_an_outdated_generation_is_refused() {
     let cache = cache().await;

@@ -32,23 +32,38 @@ pub fn generation_key(env: &Environment) -> String {
     format!("feature_flags_generation:{env}")
 }
 
+/// The generation KEYS[1] as a string ('0' when absent). A value no reader can hold (garbage,
+/// another type, a number INCR cannot take) is replaced by a fresh time-based number and `nil`
+/// is returned: the next reader sees a usable generation and invalidation keeps working.
+const CURRENT_GENERATION: &str = r"local function current_generation(key)
+  local value = redis.pcall('GET', key)
+  if value == false then return '0' end
+  if type(value) == 'string' and #value <= 18
+    and (value == '0' or string.match(value, '^[1-9]%d*$')) then return value end
+  local now = redis.call('TIME')
+  redis.call('SET', key, now[1] .. string.format('%06d', tonumber(now[2])))
+  return nil
+end
+";
+
 /// Sets KEYS[2..] to ARGV[3..] with `EX ARGV[2]`, only if KEYS[1] still equals ARGV[1].
 static FILL_IF_CURRENT: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r"local current = redis.call('GET', KEYS[1]) or '0'
-if current ~= ARGV[1] then return 0 end
+    Script::from_lua(format!(
+        r"{CURRENT_GENERATION}
+if current_generation(KEYS[1]) ~= ARGV[1] then return 0 end
 for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[2]) end
-return 1",
-    )
+return 1"
+    ))
 });
 
-/// Bumps the generation KEYS[1] and deletes KEYS[2..], atomically.
+/// Bumps the generation KEYS[1] (a reset already moved it) and deletes KEYS[2..], atomically.
 static BUMP_AND_DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r"redis.call('INCR', KEYS[1])
+    Script::from_lua(format!(
+        r"{CURRENT_GENERATION}
+if current_generation(KEYS[1]) ~= nil then redis.call('INCR', KEYS[1]) end
 if #KEYS > 1 then return redis.call('DEL', unpack(KEYS, 2)) end
-return 0",
-    )
+return 0"
+    ))
 });
 
 #[derive(Debug, Clone)]

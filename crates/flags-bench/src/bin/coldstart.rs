@@ -1,0 +1,292 @@
+//! Cold start and footprint of a release Lambda binary under the Lambda runtime emulator
+//! (`cargo lambda watch --only-lambda-apis`): for each run a new process is started, the
+//! API Gateway event of `events/` is invoked, and the time from process start to the response
+//! is taken (configuration, the Redis connection and the first request included). Also the
+//! binary's size and its peak resident memory (`VmHWM`), and, measured in the same run as a
+//! floor for the Node.js original, how long `node` takes to start and exit an empty script.
+//!
+//! `make coldstart` runs it; `--help` lists the options.
+
+use clap::Parser;
+use flags_bench::fixtures::{self, BoxError};
+use flags_bench::redis_server::{OwnedRedis, spare_port};
+use flags_bench::stats::{ms, percentile};
+use flags_core::domain::Environment;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// PostgreSQL to use (a schema `flags_coldstart` is recreated in it).
+    #[arg(
+        long,
+        env = "DATABASE_URL_TEST",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    database_url: String,
+    /// The function binary (release build) and the event it is fed.
+    #[arg(long, default_value = "get-flags")]
+    function: String,
+    /// Cold starts per configuration.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// The Lambda runtime emulator (cargo-lambda); `make tools-test` installs it.
+    #[arg(
+        long,
+        env = "CARGO_LAMBDA",
+        default_value = ".tools/test/bin/cargo-lambda"
+    )]
+    emulator: PathBuf,
+    #[arg(long, default_value = "target/bench/coldstart.md")]
+    out: PathBuf,
+}
+
+struct Row {
+    name: &'static str,
+    times: Vec<Duration>,
+    peak_kib: Vec<u64>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let binary = PathBuf::from("target/release").join(&args.function);
+    let size = std::fs::metadata(&binary)
+        .map_err(|e| {
+            format!(
+                "{}: {e} (cargo build --release -p flags-api)",
+                binary.display()
+            )
+        })?
+        .len();
+    let event: Value = serde_json::from_str(&std::fs::read_to_string(format!(
+        "events/{}.json",
+        args.function
+    ))?)?;
+
+    let env = Environment::parse("production").map_err(|e| e.0)?;
+    let database_url =
+        fixtures::fresh_postgres_schema(&args.database_url, "flags_coldstart").await?;
+    fixtures::seed_flags(&database_url, &env, 20).await?;
+    let redis = OwnedRedis::start().await?;
+    let keys = std::env::current_dir()?.join("target/bench/keys");
+    let tokens = fixtures::mint_tokens(&keys, 1)?;
+    let flags_api::AuthConfig::JwksFile {
+        path: jwks, issuer, ..
+    } = &tokens.auth
+    else {
+        return Err("local keys give a JWKS file".into());
+    };
+
+    let port = spare_port()?;
+    let mut emulator = Command::new(&args.emulator)
+        .args([
+            "lambda",
+            "watch",
+            "--only-lambda-apis",
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "{}: {e} (make tools-test installs it)",
+                args.emulator.display()
+            )
+        })?;
+    wait_for_port(port).await?;
+    let client = reqwest::Client::new();
+
+    let base: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", database_url.clone()),
+        ("AUTH_JWKS_FILE", jwks.display().to_string()),
+        ("AUTH_ISSUER", issuer.clone()),
+    ];
+    let configurations: [(&'static str, Option<String>); 3] = [
+        ("Redis up (cache hit)", Some(redis.url())),
+        ("No `REDIS_URL` (in-memory cache, database read)", None),
+        (
+            "Redis unreachable (database read)",
+            Some(format!("redis://127.0.0.1:{}", spare_port()?)),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, redis_url) in configurations {
+        let mut env = base.clone();
+        if let Some(url) = redis_url {
+            env.push(("REDIS_URL", url));
+        }
+        // One unmeasured start fills the Redis cache and the page cache of the binary.
+        cold_start(&binary, &env, port, &client, &event).await?;
+        let mut row = Row {
+            name,
+            times: Vec::new(),
+            peak_kib: Vec::new(),
+        };
+        for _ in 0..args.runs {
+            let (time, peak) = cold_start(&binary, &env, port, &client, &event).await?;
+            row.times.push(time);
+            row.peak_kib.push(peak);
+        }
+        eprintln!("{name}: median {} ms", ms(median(&row.times)));
+        rows.push(row);
+    }
+    let _ = emulator.kill().await;
+
+    let mut node = Vec::new();
+    for _ in 0..args.runs {
+        let started = Instant::now();
+        let status = Command::new("node").args(["-e", "0"]).status().await;
+        if status.is_ok_and(|s| s.success()) {
+            node.push(started.elapsed());
+        }
+    }
+
+    let report = report(&args, size, &rows, &node);
+    println!("{report}");
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, report)?;
+    Ok(())
+}
+
+/// Starts the function, invokes it once, and returns the time from start to the response and
+/// the process's peak resident memory.
+async fn cold_start(
+    binary: &PathBuf,
+    env: &[(&str, String)],
+    port: u16,
+    client: &reqwest::Client,
+    event: &Value,
+) -> Result<(Duration, u64), BoxError> {
+    let mut command = Command::new(binary);
+    command
+        .env_clear()
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{port}/.rt"),
+        )
+        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let started = Instant::now();
+    let mut function: Child = command.spawn()?;
+    let response: Value = client
+        .post(format!(
+            "http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"
+        ))
+        .json(event)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let elapsed = started.elapsed();
+    if response["statusCode"].as_i64() != Some(200) {
+        return Err(format!("cold start answered {response}").into());
+    }
+    let peak = function.id().map_or(0, peak_resident_kib);
+    let _ = function.kill().await;
+    Ok((elapsed, peak))
+}
+
+/// `VmHWM` of /proc/<pid>/status: the peak resident set size, in KiB.
+fn peak_resident_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_for_port(port: u16) -> Result<(), BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            return Err(format!("the emulator did not start on {port}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn median(values: &[Duration]) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    percentile(&sorted, 50.0)
+}
+
+fn report(args: &Args, size: u64, rows: &[Row], node: &[Duration]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "`{}` (release, x86_64 here; {:.1} MiB stripped), {} cold starts per row under `cargo lambda watch`, each a new process: start → configuration → Redis/database clients → runtime poll → first API Gateway event answered 200.\n",
+        args.function,
+        size as f64 / (1024.0 * 1024.0),
+        args.runs
+    );
+    let _ = writeln!(
+        out,
+        "| Configuration | Median ms | p90 ms | Max ms | Peak RSS (median) MiB |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    for row in rows {
+        let mut sorted = row.times.clone();
+        sorted.sort_unstable();
+        let mut peaks = row.peak_kib.clone();
+        peaks.sort_unstable();
+        let peak = peaks.get(peaks.len() / 2).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.1} |",
+            row.name,
+            ms(percentile(&sorted, 50.0)),
+            ms(percentile(&sorted, 90.0)),
+            ms(sorted.last().copied().unwrap_or_default()),
+            peak as f64 / 1024.0
+        );
+    }
+    if !node.is_empty() {
+        let node_median = median(node);
+        let ours = rows.first().map(|r| median(&r.times)).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\nSame run, same machine: `node -e 0` (Node.js {} starting and exiting an empty script, no handler, no clients) takes a median of {} ms over {} runs; the whole Rust cold start above (Redis up) is {:.2}× that.",
+            node_version(),
+            ms(node_median),
+            node.len(),
+            ours.as_secs_f64() / node_median.as_secs_f64().max(f64::EPSILON)
+        );
+    }
+    out
+}
+
+fn node_version() -> String {
+    std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}

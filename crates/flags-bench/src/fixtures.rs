@@ -1,0 +1,178 @@
+//! What a run needs before the first request: an empty database (a PostgreSQL schema or a SQLite
+//! file of its own), seeded flags, signing keys with minted tokens, and the handler context.
+
+use crate::cache_events::CacheEvents;
+use async_trait::async_trait;
+use flags_api::{AppContext, AuthConfig};
+use flags_core::cache::{
+    CacheError, CacheFill, CacheKind, CacheRead, FlagCache, Generation, Invalidation,
+};
+use flags_core::domain::{Environment, FlagKey, NewFlag, Rollout};
+use flags_core::rate_limit::{DEFAULT_WINDOW, OverrideRateLimiter};
+use flags_core::wiring::open_store;
+use flags_core::{Config, FlagService};
+use flags_local::keys::LocalKeys;
+use sqlx::{ConnectOptions, Connection};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connections the service opens carry this name in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "flags-bench-service";
+/// Pool sizes of the local server (`flags-local`), which serves many clients at once.
+pub const DATABASE_POOL_SIZE: u32 = 10;
+pub const REDIS_POOL_SIZE: usize = 4;
+
+/// A fresh, empty schema in the PostgreSQL database of `base_url`; returns a URL that uses it.
+pub async fn fresh_postgres_schema(base_url: &str, schema: &str) -> Result<String, BoxError> {
+    let mut admin = sqlx::postgres::PgConnectOptions::from_str(base_url)?
+        .connect()
+        .await
+        .map_err(|e| format!("PostgreSQL is required at {base_url}: {e}"))?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut admin)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    let separator = if base_url.contains('?') { '&' } else { '?' };
+    Ok(format!(
+        "{base_url}{separator}options=-c%20search_path%3D{schema}&application_name={APPLICATION_NAME}"
+    ))
+}
+
+/// A fresh SQLite file under `dir`; returns its URL.
+pub fn fresh_sqlite_file(dir: &Path, name: &str) -> Result<String, BoxError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{name}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(format!("sqlite://{}", path.display()))
+}
+
+/// Migrates the database behind `database_url` and creates `count` flags in `env`, a mix of
+/// fully on, partial rollouts and disabled flags.
+pub async fn seed_flags(
+    database_url: &str,
+    env: &Environment,
+    count: usize,
+) -> Result<Vec<String>, BoxError> {
+    let app = flags_core::App::build(&Config::new(database_url, None)).await?;
+    app.service.store().migrate().await?;
+    let mut keys = Vec::with_capacity(count);
+    for index in 0..count {
+        let key = format!("bench-flag-{index:04}");
+        let new = NewFlag {
+            flag_key: FlagKey::parse(&key).map_err(|e| e.0)?,
+            enabled: index % 4 != 3,
+            rollout: Rollout::new([100, 50, 10, 0][index % 4]).ok_or("rollout")?,
+            description: Some(format!("benchmark flag {index}")),
+        };
+        app.service.create_flag(env, new).await?;
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// Signing keys in `dir` and bearer tokens for `users` users plus one admin.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub auth: AuthConfig,
+    pub users: Vec<String>,
+    pub admin: String,
+}
+
+pub fn mint_tokens(dir: &Path, users: usize) -> Result<Tokens, BoxError> {
+    let keys = LocalKeys::load_or_create(dir)?;
+    let hour = 3600;
+    let users = (0..users)
+        .map(|i| keys.mint(&format!("bench-user-{i}"), &[], hour))
+        .collect::<Result<Vec<_>, _>>()?;
+    let admin = keys.mint("bench-admin", &["admin".to_owned()], hour)?;
+    Ok(Tokens {
+        auth: keys.auth_config(),
+        users,
+        admin,
+    })
+}
+
+/// Which cache the service under test uses.
+#[derive(Debug, Clone)]
+pub enum CacheChoice {
+    Redis(String),
+    Memory,
+    /// No cache at all: every read goes to the database (the database-only baseline).
+    None,
+}
+
+/// The handler context, built as the local server builds it (its pool sizes), with the
+/// cache-event counter already listening.
+pub async fn context(
+    database_url: &str,
+    cache: &CacheChoice,
+    tokens: &Tokens,
+) -> Result<Arc<AppContext>, BoxError> {
+    let redis_url = match cache {
+        CacheChoice::Redis(url) => Some(url.clone()),
+        CacheChoice::Memory | CacheChoice::None => None,
+    };
+    let mut config = Config::new(database_url, redis_url);
+    config.database_pool_size = DATABASE_POOL_SIZE;
+    if let Some(redis) = config.redis.as_mut() {
+        redis.pool_size = REDIS_POOL_SIZE;
+    }
+    let mut context = AppContext::new(&config, &tokens.auth).await?;
+    if matches!(cache, CacheChoice::None) {
+        let store = open_store(database_url, DATABASE_POOL_SIZE)?;
+        let limiter = OverrideRateLimiter::new(None, config.override_rate_limit, DEFAULT_WINDOW);
+        context.service = FlagService::new(store, Arc::new(NoCache), limiter);
+    }
+    Ok(Arc::new(context))
+}
+
+/// Installs logging with the cache-event counter; call once per process.
+pub fn logging(default_output: &str) -> Arc<CacheEvents> {
+    let events = CacheEvents::new();
+    crate::cache_events::install(&events, default_output);
+    events
+}
+
+/// A cache that never holds anything: the database-only baseline.
+#[derive(Debug)]
+pub struct NoCache;
+
+#[async_trait]
+impl FlagCache for NoCache {
+    fn kind(&self) -> CacheKind {
+        CacheKind::Memory
+    }
+
+    async fn read(&self, _: &Environment, _: Option<&str>) -> Result<CacheRead, CacheError> {
+        Ok(CacheRead::default())
+    }
+
+    async fn fill(
+        &self,
+        _: &Environment,
+        _: Generation,
+        _: CacheFill<'_>,
+    ) -> Result<bool, CacheError> {
+        Ok(false)
+    }
+
+    async fn invalidate(&self, _: &Environment, _: Invalidation<'_>) -> Result<(), CacheError> {
+        Ok(())
+    }
+
+    async fn invalidate_all(&self) -> Result<u64, CacheError> {
+        Ok(0)
+    }
+
+    async fn ping(&self) -> Result<(), CacheError> {
+        Ok(())
+    }
+}
