@@ -66,7 +66,9 @@ impl Fault {
     fn name(self) -> String {
         match self {
             Self::KillRedis => "Redis killed (SIGKILL), started again after the fault".into(),
-            Self::RestartRedis => "Redis restarted (SHUTDOWN NOSAVE, started again at once, empty)".into(),
+            Self::RestartRedis => {
+                "Redis restarted (SHUTDOWN NOSAVE, started again at once, empty)".into()
+            }
             Self::FreezeRedis => "Redis frozen (SIGSTOP), then thawed (SIGCONT)".into(),
             Self::DemoteRedis => {
                 "Redis demoted to a replica: writes answer READONLY (failover)".into()
