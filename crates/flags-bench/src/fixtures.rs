@@ -19,14 +19,17 @@ use std::sync::Arc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Connections the service opens carry this name in `pg_stat_activity`.
-pub const APPLICATION_NAME: &str = "flags-bench-service";
 /// Pool sizes of the local server (`flags-local`), which serves many clients at once.
 pub const DATABASE_POOL_SIZE: u32 = 10;
 pub const REDIS_POOL_SIZE: usize = 4;
 
 /// A fresh, empty schema in the PostgreSQL database of `base_url`; returns a URL that uses it.
-pub async fn fresh_postgres_schema(base_url: &str, schema: &str) -> Result<String, BoxError> {
+/// Its connections show up in `pg_stat_activity` under `application_name`.
+pub async fn fresh_postgres_schema(
+    base_url: &str,
+    schema: &str,
+    application_name: &str,
+) -> Result<String, BoxError> {
     let mut admin = sqlx::postgres::PgConnectOptions::from_str(base_url)?
         .connect()
         .await
@@ -40,7 +43,7 @@ pub async fn fresh_postgres_schema(base_url: &str, schema: &str) -> Result<Strin
     admin.close().await?;
     let separator = if base_url.contains('?') { '&' } else { '?' };
     Ok(format!(
-        "{base_url}{separator}options=-c%20search_path%3D{schema}&application_name={APPLICATION_NAME}"
+        "{base_url}{separator}options=-c%20search_path%3D{schema}&application_name={application_name}"
     ))
 }
 

@@ -70,7 +70,8 @@ async fn main() -> Result<(), BoxError> {
 
     let env = Environment::parse("production").map_err(|e| e.0)?;
     let database_url =
-        fixtures::fresh_postgres_schema(&args.database_url, "flags_coldstart").await?;
+        fixtures::fresh_postgres_schema(&args.database_url, "flags_coldstart", "flags-coldstart")
+            .await?;
     fixtures::seed_flags(&database_url, &env, 20).await?;
     let redis = OwnedRedis::start().await?;
     let keys = std::env::current_dir()?.join("target/bench/keys");

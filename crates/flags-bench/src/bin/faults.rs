@@ -121,7 +121,8 @@ async fn main() -> Result<(), BoxError> {
     let events = fixtures::logging("error");
     let env = Environment::parse("production").map_err(|e| e.0)?;
     let tokens = fixtures::mint_tokens(&PathBuf::from("target/bench/keys"), 100)?;
-    let database_url = fixtures::fresh_postgres_schema(&args.database_url, "flags_faults").await?;
+    let database_url =
+        fixtures::fresh_postgres_schema(&args.database_url, "flags_faults", "flags-faults").await?;
     let flag_keys = fixtures::seed_flags(&database_url, &env, 20).await?;
     let postgres_address = postgres_address(&database_url)?;
 

@@ -6,7 +6,7 @@
 //! the options.
 
 use clap::Parser;
-use flags_bench::fixtures::{self, APPLICATION_NAME, BoxError, CacheChoice, DATABASE_POOL_SIZE};
+use flags_bench::fixtures::{self, BoxError, CacheChoice, DATABASE_POOL_SIZE};
 use flags_bench::load::{self, LoadPlan, Workload};
 use flags_bench::redis_server::{OwnedRedis, client_count, spare_port};
 use flags_bench::stats::{Summary, ms};
@@ -63,7 +63,8 @@ struct Row {
     scenario: &'static str,
     clients: usize,
     summary: Summary,
-    connections: Option<(usize, usize)>,
+    /// Peak Redis and PostgreSQL connections of this scenario's service (50-client run).
+    connections: Option<(Option<usize>, Option<usize>)>,
 }
 
 const BASELINE: &str = "PostgreSQL, no cache";
@@ -76,8 +77,12 @@ async fn main() -> Result<(), BoxError> {
     let work_dir = PathBuf::from("target/bench");
     let tokens = fixtures::mint_tokens(&work_dir.join("keys"), args.users)?;
 
-    let postgres_url =
-        fixtures::fresh_postgres_schema(&args.database_url, "flags_loadbench").await?;
+    let postgres_url = fixtures::fresh_postgres_schema(
+        &args.database_url,
+        "flags_loadbench",
+        "flags-loadbench-seed",
+    )
+    .await?;
     let sqlite_url = fixtures::fresh_sqlite_file(&work_dir, "loadbench")?;
     let flag_keys = fixtures::seed_flags(&postgres_url, &env, args.flags).await?;
     fixtures::seed_flags(&sqlite_url, &env, args.flags).await?;
@@ -119,15 +124,16 @@ async fn main() -> Result<(), BoxError> {
 
     let monitor = Monitor {
         database_url: args.database_url.clone(),
-        redis_port: redis.port,
     };
     let mut rows = Vec::new();
-    for scenario in &scenarios {
+    for (index, scenario) in scenarios.iter().enumerate() {
+        // A name per scenario, so pg_stat_activity counts this scenario's pool only.
+        let application_name = format!("flags-loadbench-{index}");
         let url = match scenario.database {
-            Database::Postgres => &postgres_url,
-            Database::Sqlite => &sqlite_url,
+            Database::Postgres => postgres_url.replace("flags-loadbench-seed", &application_name),
+            Database::Sqlite => sqlite_url.clone(),
         };
-        let context = fixtures::context(url, &scenario.cache, &tokens).await?;
+        let context = fixtures::context(&url, &scenario.cache, &tokens).await?;
         let workload = Arc::new(Workload::new(
             context,
             env.as_str(),
@@ -141,8 +147,15 @@ async fn main() -> Result<(), BoxError> {
         for &clients in &args.clients {
             let plan = plan(clients, Duration::from_secs(args.seconds));
             let watching = clients >= 50;
-            let sampler =
-                watching.then(|| monitor.watch(matches!(scenario.cache, CacheChoice::Redis(_))));
+            let sampler = watching.then(|| {
+                let redis_used =
+                    matches!(&scenario.cache, CacheChoice::Redis(url) if *url == redis.url());
+                let postgres_used = matches!(scenario.database, Database::Postgres);
+                monitor.watch(
+                    redis_used.then_some(redis.port),
+                    postgres_used.then(|| application_name.clone()),
+                )
+            });
             let start = Instant::now();
             let samples = load::run(Arc::clone(&workload), plan, start).await;
             let summary = Summary::of(&samples, start.elapsed());
@@ -166,6 +179,10 @@ async fn main() -> Result<(), BoxError> {
                 connections,
             });
         }
+        // Close this scenario's Redis connections so the next scenario counts only its own.
+        if let Some(connection) = &workload.context.redis {
+            connection.quit().await;
+        }
         let after = events.counts();
         eprintln!(
             "{:<48} cache log events: {} hit, {} miss, {} unavailable",
@@ -186,7 +203,10 @@ async fn main() -> Result<(), BoxError> {
     let unbounded = rows
         .iter()
         .filter_map(|r| r.connections)
-        .any(|(redis, postgres)| redis > MAX_POOL_SIZE || postgres > DATABASE_POOL_SIZE as usize);
+        .any(|(redis, postgres)| {
+            redis.unwrap_or(0) > MAX_POOL_SIZE
+                || postgres.unwrap_or(0) > DATABASE_POOL_SIZE as usize
+        });
     if errors > 0 || unbounded {
         return Err(format!("{errors} failed requests; connections unbounded: {unbounded}").into());
     }
@@ -226,10 +246,11 @@ fn report(args: &Args, rows: &[Row]) -> String {
         let ratio = baseline.map_or("–".to_owned(), |b| {
             format!("{:.1}×", row.summary.per_second / b)
         });
+        let count = |value: Option<usize>| value.map_or("–".to_owned(), |n| n.to_string());
         let (redis, postgres) = row
             .connections
             .map_or(("–".to_owned(), "–".to_owned()), |(r, p)| {
-                (r.to_string(), p.to_string())
+                (count(r), count(p))
             });
         let s = &row.summary;
         let _ = writeln!(
@@ -255,7 +276,6 @@ fn report(args: &Args, rows: &[Row]) -> String {
 /// Samples the connection counts every 100 ms while a run lasts.
 struct Monitor {
     database_url: String,
-    redis_port: u16,
 }
 
 struct Sampling {
@@ -263,14 +283,18 @@ struct Sampling {
     task: tokio::task::JoinHandle<()>,
     redis_max: Arc<AtomicUsize>,
     postgres_max: Arc<AtomicUsize>,
+    watched: (bool, bool),
 }
 
 impl Monitor {
-    fn watch(&self, redis_used: bool) -> Sampling {
+    /// Watches the clients of the Redis on `redis_port` and the PostgreSQL sessions named
+    /// `application_name`; `None` for a server the scenario does not use.
+    fn watch(&self, redis_port: Option<u16>, application_name: Option<String>) -> Sampling {
         let stop = Arc::new(AtomicBool::new(false));
         let redis_max = Arc::new(AtomicUsize::new(0));
         let postgres_max = Arc::new(AtomicUsize::new(0));
-        let (url, port) = (self.database_url.clone(), self.redis_port);
+        let watched = (redis_port.is_some(), application_name.is_some());
+        let url = self.database_url.clone();
         let (s, r, p) = (
             Arc::clone(&stop),
             Arc::clone(&redis_max),
@@ -288,16 +312,19 @@ impl Monitor {
                 return;
             };
             while !s.load(Ordering::Relaxed) {
-                if let Ok(count) = sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                )
-                .bind(APPLICATION_NAME)
-                .fetch_one(&mut connection)
-                .await
+                if let Some(name) = &application_name
+                    && let Ok(count) = sqlx::query_scalar::<_, i64>(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    )
+                    .bind(name)
+                    .fetch_one(&mut connection)
+                    .await
                 {
                     p.fetch_max(usize::try_from(count).unwrap_or(0), Ordering::Relaxed);
                 }
-                if redis_used && let Ok(count) = client_count(port).await {
+                if let Some(port) = redis_port
+                    && let Ok(count) = client_count(port).await
+                {
                     r.fetch_max(count, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -309,17 +336,22 @@ impl Monitor {
             task,
             redis_max,
             postgres_max,
+            watched,
         }
     }
 }
 
 impl Sampling {
-    async fn finish(self) -> (usize, usize) {
+    async fn finish(self) -> (Option<usize>, Option<usize>) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
         (
-            self.redis_max.load(Ordering::Relaxed),
-            self.postgres_max.load(Ordering::Relaxed),
+            self.watched
+                .0
+                .then(|| self.redis_max.load(Ordering::Relaxed)),
+            self.watched
+                .1
+                .then(|| self.postgres_max.load(Ordering::Relaxed)),
         )
     }
 }
