@@ -58,8 +58,9 @@ loadbench: services ## Rust load benchmark: 1/10/50 clients per cache and databa
 faults: services ## Fault-injection suite under load (Redis killed, frozen, READONLY, slow, garbage; PostgreSQL cut)
 	$(BENCH) faults
 
+# Built together with flags-bench so the features (and so the artifacts) match `make test`'s build.
 coldstart: services tools-test ## Cold start, size and peak memory of a release Lambda binary under the emulator
-	cargo build --release --locked -q -p flags-api --bin get-flags
+	cargo build --release --locked -q -p flags-bench -p flags-api --bin get-flags --bin coldstart
 	$(BENCH) coldstart -- --emulator $(TEST_TOOLS)/bin/cargo-lambda
 
 bench: ## Criterion micro-benchmarks: evaluating 10/100/1000 flags, decoding/encoding the snapshot

@@ -103,7 +103,8 @@ if [ "${LOAD_SKIP_BUILD:-0}" = 1 ]; then
   log "LOAD_SKIP_BUILD=1: using the existing $BUILT_FLAGCTL"
 else
   log "release build of flagctl"
-  cargo build --release --locked -p flags-local --bin flagctl
+  # With flags-bench selected too, the features (so the artifacts) match `make test`'s build.
+  cargo build --release --locked -p flags-local -p flags-bench --bin flagctl
 fi
 [ -x "$BUILT_FLAGCTL" ] || die "no $BUILT_FLAGCTL"
 

@@ -8,7 +8,7 @@
 use crate::cache::CacheError;
 use crate::config::{RedisSettings, redact_url};
 use fred::prelude::{
-    Builder, ClientLike, Config, Error as FredError, EventInterface, Pool, ReconnectPolicy,
+    Builder, Client, ClientLike, Config, Error as FredError, EventInterface, Pool, ReconnectPolicy,
 };
 use fred::types::config::ReconnectError;
 use std::future::Future;
@@ -48,8 +48,10 @@ impl RedisConnection {
     /// unreachable: the connection is retried with backoff while callers use the database.
     pub fn start(settings: &RedisSettings) -> Result<Self, FredError> {
         let mut config = Config::from_url(settings.url.expose())?;
-        // Keep reconnecting (per the policy below) instead of failing the first connection.
-        config.fail_fast = false;
+        // The first connection is tried at once. (With `fail_fast = false` fred would sleep the
+        // policy's first delay, 100-200 ms, before it: on every cold start.) A failed first
+        // attempt is retried by `keep_connecting`; later drops by fred's policy below.
+        config.fail_fast = true;
         let mut policy =
             ReconnectPolicy::new_exponential(0, RECONNECT_MIN_DELAY_MS, RECONNECT_MAX_DELAY_MS, 2);
         policy.set_jitter(RECONNECT_JITTER_MS);
@@ -80,7 +82,9 @@ impl RedisConnection {
         let safe_url: Arc<str> = redact_url(settings.url.expose()).into();
         log_connection_events(&pool, safe_url.clone());
         // Spawns the connection tasks; does not wait for them.
-        pool.connect();
+        for client in pool.clients() {
+            tokio::spawn(keep_connecting(client.clone()));
+        }
         Ok(Self {
             pool,
             breaker: Arc::new(CircuitBreaker::default()),
@@ -144,6 +148,23 @@ impl RedisConnection {
 
     pub async fn quit(&self) {
         let _ = self.pool.quit().await;
+    }
+}
+
+/// Runs one client's connection task. While the first connection fails (Redis down at cold
+/// start), tries again after 100 ms doubling to 2 s, with jitter, like fred's policy does for
+/// later drops. Returns when the client quits.
+async fn keep_connecting(client: Client) {
+    let mut delay_ms = u64::from(RECONNECT_MIN_DELAY_MS);
+    loop {
+        match client.connect().await {
+            // The connection task ended without error: `quit` was called.
+            Ok(Ok(())) | Err(_) => return,
+            Ok(Err(_)) => {}
+        }
+        let jitter = rand::random_range(0..u64::from(RECONNECT_JITTER_MS));
+        tokio::time::sleep(Duration::from_millis(delay_ms + jitter)).await;
+        delay_ms = (delay_ms * 2).min(u64::from(RECONNECT_MAX_DELAY_MS));
     }
 }
 
