@@ -81,6 +81,23 @@ async fn redis_killed_and_restarted_while_answering() {
     );
 }
 
+/// A cold start while Redis is down: the service starts without waiting out the connect
+/// timeout, answers from the database, and uses the cache once Redis is up (the first
+/// connection is retried; fred's own policy only covers connections that were once up).
+#[tokio::test]
+async fn redis_down_at_start_then_up() {
+    let mut redis = SpareRedis::start();
+    redis.kill();
+    let (service, env) = service_on(&redis).await;
+    all_calls_succeed(&service, &env, 20).await;
+
+    redis.restart();
+    assert!(
+        cache_in_use(&service, &env, &redis).await,
+        "the first connection is retried until Redis answers"
+    );
+}
+
 #[tokio::test]
 async fn frozen_redis_never_holds_a_call_past_the_command_timeout() {
     let redis = SpareRedis::start();
