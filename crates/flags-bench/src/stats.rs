@@ -26,7 +26,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Summarises the samples that `keep` selects, over a window of `window` wall-clock time.
+    /// Summarises `samples`, taken over `window` of wall-clock time (for the rate).
     pub fn of<'a>(samples: impl IntoIterator<Item = &'a Sample>, window: Duration) -> Self {
         let mut latencies = Vec::new();
         let mut errors = 0;
