@@ -23,6 +23,28 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub const DATABASE_POOL_SIZE: u32 = 10;
 pub const REDIS_POOL_SIZE: usize = 4;
 
+/// The PostgreSQL server a benchmark binary uses (`--database-url`).
+#[derive(Debug, clap::Args)]
+pub struct DatabaseArg {
+    /// PostgreSQL to use: the binary recreates a schema of its own in it (the server is never
+    /// stopped).
+    #[arg(
+        long,
+        env = "DATABASE_URL_TEST",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    pub database_url: String,
+}
+
+/// Prints a Markdown report and writes it to `out`.
+pub fn publish(report: &str, out: &Path) -> std::io::Result<()> {
+    println!("{report}");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, report)
+}
+
 /// A fresh, empty schema in the PostgreSQL database of `base_url`; returns a URL that uses it.
 /// Its connections show up in `pg_stat_activity` under `application_name`.
 pub async fn fresh_postgres_schema(

@@ -21,13 +21,8 @@ use tokio::process::{Child, Command};
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// PostgreSQL to use (a schema `flags_coldstart` is recreated in it).
-    #[arg(
-        long,
-        env = "DATABASE_URL_TEST",
-        default_value = "postgres://postgres@127.0.0.1:5432/test"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: fixtures::DatabaseArg,
     /// The function binary (release build) and the event it is fed.
     #[arg(long, default_value = "get-flags")]
     function: String,
@@ -69,9 +64,12 @@ async fn main() -> Result<(), BoxError> {
     ))?)?;
 
     let env = Environment::parse("production").map_err(|e| e.0)?;
-    let database_url =
-        fixtures::fresh_postgres_schema(&args.database_url, "flags_coldstart", "flags-coldstart")
-            .await?;
+    let database_url = fixtures::fresh_postgres_schema(
+        &args.database.database_url,
+        "flags_coldstart",
+        "flags-coldstart",
+    )
+    .await?;
     fixtures::seed_flags(&database_url, &env, 20).await?;
     let redis = OwnedRedis::start().await?;
     let keys = std::env::current_dir()?.join("target/bench/keys");
@@ -153,11 +151,7 @@ async fn main() -> Result<(), BoxError> {
     }
 
     let report = report(&args, size, &rows, &node);
-    println!("{report}");
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, report)?;
+    fixtures::publish(&report, &args.out)?;
     Ok(())
 }
 

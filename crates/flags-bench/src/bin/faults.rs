@@ -24,13 +24,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// PostgreSQL to use (a schema `flags_faults` is recreated in it; the server is never stopped).
-    #[arg(
-        long,
-        env = "DATABASE_URL_TEST",
-        default_value = "postgres://postgres@127.0.0.1:5432/test"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: fixtures::DatabaseArg,
     /// Concurrent reading clients (one admin writer comes on top).
     #[arg(long, default_value_t = 10)]
     clients: usize,
@@ -121,8 +116,12 @@ async fn main() -> Result<(), BoxError> {
     let events = fixtures::logging("error");
     let env = Environment::parse("production").map_err(|e| e.0)?;
     let tokens = fixtures::mint_tokens(&PathBuf::from("target/bench/keys"), 100)?;
-    let database_url =
-        fixtures::fresh_postgres_schema(&args.database_url, "flags_faults", "flags-faults").await?;
+    let database_url = fixtures::fresh_postgres_schema(
+        &args.database.database_url,
+        "flags_faults",
+        "flags-faults",
+    )
+    .await?;
     let flag_keys = fixtures::seed_flags(&database_url, &env, 20).await?;
     let postgres_address = postgres_address(&database_url)?;
 
@@ -160,11 +159,7 @@ async fn main() -> Result<(), BoxError> {
     }
 
     let report = report(&args, &outcomes);
-    println!("{report}");
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, &report)?;
+    fixtures::publish(&report, &args.out)?;
     let failures: Vec<String> = outcomes.iter().flat_map(|o| o.failures.clone()).collect();
     if failures.is_empty() {
         eprintln!("faults: every promise held in {} scenarios", outcomes.len());

@@ -23,13 +23,8 @@ use tokio::time::Instant;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// PostgreSQL to use (a schema `flags_loadbench` is recreated in it).
-    #[arg(
-        long,
-        env = "DATABASE_URL_TEST",
-        default_value = "postgres://postgres@127.0.0.1:5432/test"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: fixtures::DatabaseArg,
     /// Seconds each concurrency level runs, after a warm-up.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -78,7 +73,7 @@ async fn main() -> Result<(), BoxError> {
     let tokens = fixtures::mint_tokens(&work_dir.join("keys"), args.users)?;
 
     let postgres_url = fixtures::fresh_postgres_schema(
-        &args.database_url,
+        &args.database.database_url,
         "flags_loadbench",
         "flags-loadbench-seed",
     )
@@ -123,7 +118,7 @@ async fn main() -> Result<(), BoxError> {
     ];
 
     let monitor = Monitor {
-        database_url: args.database_url.clone(),
+        database_url: args.database.database_url.clone(),
     };
     let mut rows = Vec::new();
     for (index, scenario) in scenarios.iter().enumerate() {
@@ -194,11 +189,7 @@ async fn main() -> Result<(), BoxError> {
     }
 
     let report = report(&args, &rows);
-    println!("{report}");
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, &report)?;
+    fixtures::publish(&report, &args.out)?;
     let errors: usize = rows.iter().map(|r| r.summary.errors).sum();
     let unbounded = rows
         .iter()
