@@ -187,11 +187,35 @@ def test_unknown_function_and_api_errors_fail_instead_of_hanging(load_hook):
 
 def test_hook_knows_a_smoke_route_for_every_binary(load_hook, resources):
     module = load_hook(FakeLambda({}), FakeCodeDeploy(f"{PREFIX}health", "1"))
-    binaries = {
-        r["Metadata"]["BuildProperties"]["Binary"]: next(iter(r["Properties"]["Events"].values()))["Properties"]
+    rust = [
+        r
         for r in resources.values()
         if r["Type"] == "AWS::Serverless::Function" and "BuildProperties" in r.get("Metadata", {})
-    }
+    ]
+    binaries = {}
+    for r in rust:
+        events = [e for e in r["Properties"].get("Events", {}).values() if e["Type"] == "HttpApi"]
+        binary = r["Metadata"]["BuildProperties"]["Binary"]
+        if events:
+            binaries[binary] = events[0]["Properties"]
+        else:
+            # A function without a route (the scheduled sweeper) never reaches the hook: it has
+            # no DeploymentPreference, so CodeDeploy does not deploy it.
+            assert "DeploymentPreference" not in r["Properties"], binary
+            assert binary not in module.ROUTES, binary
+    assert len(binaries) == 12
     assert set(module.ROUTES) == set(binaries)
     for binary, (method, route, _params) in module.ROUTES.items():
         assert (method, route) == (binaries[binary]["Method"], binaries[binary]["Path"])
+
+
+def test_admin_audit_smoke_test_is_a_harmless_unauthenticated_get(load_hook):
+    target = f"{PREFIX}admin-audit:2"
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: api_response(401, {"error": "Unauthorized"})})
+    cd = FakeCodeDeploy(f"{PREFIX}admin-audit", "2")
+    assert run(load_hook(lam, cd), cd) == "Succeeded"
+    assert [c[0] for c in lam.calls] == [HEALTH_VERSION_ARN, target]
+    event = lam.calls[1][1]
+    assert (event["routeKey"], event["rawPath"]) == ("GET /admin/audit", "/admin/audit")
+    assert "pathParameters" not in event
+    assert "authorization" not in {k.lower() for k in event["headers"]}

@@ -24,7 +24,10 @@ ROUTES = {
     ("DELETE", "/admin/flags/{flagKey}/users/{userId}"): ("admin-delete-override", True),
     ("GET", "/admin/flags/{flagKey}/users"): ("admin-list-overrides", True),
     ("POST", "/admin/cache/invalidate"): ("admin-invalidate-cache", True),
+    ("GET", "/admin/audit"): ("admin-audit", True),
 }
+# The one Rust function that no route serves: EventBridge runs it every minute.
+SWEEP = "SweepInvalidationsFunction"
 COST_TAGS = {"Service": "ElastiCache", "Feature": "FeatureFlags", "Environment": {"Ref": "Environment"}}
 OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
 HOOK = "PreTrafficHookFunction"
@@ -38,11 +41,20 @@ def of_type(resources: dict, type_: str) -> dict:
 
 
 def route_functions(resources: dict) -> dict:
-    """The Rust functions: every serverless function that serves an HttpApi route."""
+    """Every serverless function that serves an HttpApi route."""
     return {
         name: r
         for name, r in of_type(resources, "AWS::Serverless::Function").items()
         if any(e["Type"] == "HttpApi" for e in r["Properties"].get("Events", {}).values())
+    }
+
+
+def rust_functions(resources: dict) -> dict:
+    """The Rust functions: the route functions and the scheduled sweeper (not the Python hook)."""
+    return {
+        name: r
+        for name, r in of_type(resources, "AWS::Serverless::Function").items()
+        if r.get("Metadata", {}).get("BuildMethod") == "rust-cargolambda"
     }
 
 
@@ -173,9 +185,10 @@ def test_interface_endpoints_replace_a_nat_gateway(resources):
     ]
 
 
-def test_every_route_function_runs_in_the_vpc(resources):
-    functions = route_functions(resources)
-    assert len(functions) == 11
+def test_every_rust_function_runs_in_the_vpc(resources):
+    assert len(route_functions(resources)) == 12
+    functions = rust_functions(resources)
+    assert set(functions) == set(route_functions(resources)) | {SWEEP}
     for name, function in functions.items():
         vpc = function["Properties"].get("VpcConfig")
         assert vpc, f"{name} has no VpcConfig"
@@ -243,7 +256,7 @@ def test_one_function_and_route_per_contract_route(resources):
         assert binary == ROUTES[key][0], f"{name}: {key} must be built from {ROUTES[key][0]}"
         assert function["Properties"]["FunctionName"] == {"Fn::Sub": f"feature-flags-${{Environment}}-{binary}"}
     assert set(seen) == set(ROUTES)
-    assert len(seen) == 11
+    assert len(seen) == 12
 
 
 def test_functions_build_the_flags_api_binaries_with_cargo_lambda(template, resources):
@@ -253,7 +266,7 @@ def test_functions_build_the_flags_api_binaries_with_cargo_lambda(template, reso
     assert globals_["Handler"] == "bootstrap"
     assert globals_["Tracing"] == "Active"
     assert globals_["LoggingConfig"] == {"LogFormat": "JSON"}
-    for name, function in route_functions(resources).items():
+    for name, function in rust_functions(resources).items():
         assert function["Metadata"]["BuildMethod"] == "rust-cargolambda", name
         assert function["Properties"]["CodeUri"] == ".", name
         for key in ("Runtime", "Architectures", "Handler", "Tracing"):
@@ -281,7 +294,7 @@ def test_function_environment(template):
 
 
 def test_functions_may_read_only_their_two_parameters(resources):
-    for name, function in route_functions(resources).items():
+    for name, function in rust_functions(resources).items():
         assert function["Properties"]["Policies"] == [{"Ref": "FunctionRuntimePolicy"}], name
     statements = resources["FunctionRuntimePolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert len(statements) == 2
@@ -311,7 +324,7 @@ def test_admin_routes_need_the_jwt_authorizer_and_public_routes_none(template, r
         assert props["Auth"]["Authorizer"] == ("CognitoJwt" if admin else "NONE"), props
 
 
-def test_translated_api_has_the_11_routes_with_the_right_authorization(transformed):
+def test_translated_api_has_the_12_routes_with_the_right_authorization(transformed):
     apis = of_type(transformed["Resources"], "AWS::ApiGatewayV2::Api")
     assert len(apis) == 1
     body = next(iter(apis.values()))["Properties"]["Body"]
@@ -370,7 +383,7 @@ def test_canary_shifts_5_percent_for_60_minutes(resources):
     }
 
 
-def test_every_function_deploys_through_the_canary_with_alarms_and_the_hook(resources):
+def test_every_route_function_deploys_through_the_canary_with_alarms_and_the_hook(resources):
     alarms = of_type(resources, "AWS::CloudWatch::Alarm")
     for name, function in route_functions(resources).items():
         props = function["Properties"]
@@ -406,7 +419,7 @@ def test_rollback_alarm_thresholds(template, resources):
 def test_translated_deployment_groups_use_the_canary_alarms_and_hook(transformed):
     res = transformed["Resources"]
     groups = of_type(res, "AWS::CodeDeploy::DeploymentGroup")
-    assert len(groups) == 11
+    assert len(groups) == 12  # the route functions; the sweeper has no canary
     for group in groups.values():
         props = group["Properties"]
         assert props["DeploymentConfigName"] == {"Ref": "CanaryDeploymentConfig"}
@@ -414,7 +427,7 @@ def test_translated_deployment_groups_use_the_canary_alarms_and_hook(transformed
         assert len(props["AlarmConfiguration"]["Alarms"]) == 4
         assert "DEPLOYMENT_STOP_ON_ALARM" in props["AutoRollbackConfiguration"]["Events"]
     aliases = of_type(res, "AWS::Lambda::Alias")
-    assert len(aliases) == 11
+    assert len(aliases) == 12
     for alias in aliases.values():
         update = alias["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
         assert update["BeforeAllowTrafficHook"] == {"Ref": HOOK}
@@ -441,6 +454,99 @@ def test_pre_traffic_hook(resources):
     }
     skipped = {s["id"] for s in resources[HOOK]["Metadata"]["checkov"]["skip"]}
     assert skipped == {"CKV_AWS_117", "CKV_AWS_115", "CKV_AWS_116"}
+
+
+# --- scheduled invalidation sweeper ---------------------------------------------------------------
+
+
+def test_sweep_function_builds_its_binary_and_serves_no_route(template, resources):
+    function = resources[SWEEP]
+    assert function["Type"] == "AWS::Serverless::Function"
+    assert function["Metadata"]["BuildMethod"] == "rust-cargolambda"
+    assert function["Metadata"]["BuildProperties"] == {"Binary": "sweep-invalidations"}
+    props = function["Properties"]
+    assert props["FunctionName"] == {"Fn::Sub": "feature-flags-${Environment}-sweep-invalidations"}
+    assert props["CodeUri"] == "."
+    assert SWEEP not in route_functions(resources)
+    # Same runtime, architecture, tracing, logs, key and environment as the route functions:
+    # nothing overridden locally (test_functions_build_the_flags_api_binaries_with_cargo_lambda).
+    for key in ("Runtime", "Architectures", "Handler", "Tracing", "KmsKeyArn", "Environment"):
+        assert key not in props, f"the sweeper overrides the global {key}"
+
+
+def test_sweep_function_runs_in_the_vpc_with_the_functions_security_group(resources):
+    vpc = resources[SWEEP]["Properties"]["VpcConfig"]
+    assert vpc["SecurityGroupIds"] == [{"Ref": "FunctionSecurityGroup"}]
+    assert vpc["SubnetIds"] == resources["RedisSubnetGroup"]["Properties"]["SubnetIds"]
+
+
+def test_sweep_runs_every_minute_and_ends_before_the_next_run(template, resources):
+    props = resources[SWEEP]["Properties"]
+    assert "Events" not in props, "the schedule is an explicit (tagged) rule, not a SAM event"
+    rules = of_type(resources, "AWS::Events::Rule")
+    assert list(rules) == ["SweepInvalidationsSchedule"]
+    rule = rules["SweepInvalidationsSchedule"]["Properties"]
+    # An EventBridge rule sends the standard "Scheduled Event" payload (events/sweep-invalidations.json).
+    assert rule["ScheduleExpression"] == "rate(1 minute)"
+    assert rule["State"] == "ENABLED"
+    assert "EventPattern" not in rule
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": [SWEEP, "Arn"]}
+    assert "Input" not in target and "InputTransformer" not in target
+    permission = resources["SweepInvalidationsSchedulePermission"]["Properties"]
+    assert permission["FunctionName"] == {"Ref": SWEEP}
+    assert permission["Principal"] == "events.amazonaws.com"
+    assert permission["SourceArn"] == {"Fn::GetAtt": ["SweepInvalidationsSchedule", "Arn"]}
+    assert props["Timeout"] < 60 and props["Timeout"] > template["Globals"]["Function"]["Timeout"]
+    # A failed run is retried by the next scheduled one, never by Lambda alongside it.
+    assert props["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+    assert props["EventInvokeConfig"]["MaximumEventAgeInSeconds"] <= 60
+
+
+def test_sweep_reads_only_its_two_ssm_parameters(template, resources, transformed):
+    props = resources[SWEEP]["Properties"]
+    # The shared policy: GetParameters on the database and Redis URLs, decrypted through SSM only
+    # (its statements are checked by test_functions_may_read_only_their_two_parameters).
+    assert props["Policies"] == [{"Ref": "FunctionRuntimePolicy"}]
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["DATABASE_URL_SSM_PARAMETER"] == {"Fn::Sub": "/feature-flags/${Environment}/database-url"}
+    role = transformed["Resources"][f"{SWEEP}Role"]["Properties"]
+    assert "Policies" not in role, "no inline policy: the sweeper gets nothing beyond the shared one"
+    custom = [arn for arn in role["ManagedPolicyArns"] if not isinstance(arn, str)]
+    assert custom == [{"Ref": "FunctionRuntimePolicy"}]
+    assert all("ssm" not in arn.lower() for arn in role["ManagedPolicyArns"] if isinstance(arn, str))
+
+
+def test_sweep_errors_alarm_notifies_the_alert_topic(resources):
+    props = resources["SweepInvalidationsErrorsAlarm"]["Properties"]
+    assert (props["Namespace"], props["MetricName"], props["Statistic"]) == ("AWS/Lambda", "Errors", "Sum")
+    assert props["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": SWEEP}}]
+    assert (props["Period"], props["EvaluationPeriods"]) == (300, 1)
+    assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    assert props["TreatMissingData"] == "notBreaching"
+    assert props["AlarmActions"] == [{"Ref": "AlertsTopic"}]
+
+
+def test_sweep_logs_to_its_own_group(resources):
+    props = resources[SWEEP]["Properties"]
+    group = resources[props["LoggingConfig"]["LogGroup"]["Ref"]]["Properties"]
+    assert group["LogGroupName"] == {"Fn::Sub": "/aws/lambda/feature-flags-${Environment}-sweep-invalidations"}
+    assert group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert group["KmsKeyId"] == {"Fn::GetAtt": ["ServiceKey", "Arn"]}
+
+
+def test_sweep_is_deployed_at_once_not_through_the_canary(resources, transformed):
+    # No traffic to shift, and the pre-traffic hook only knows HTTP routes (template.md).
+    props = resources[SWEEP]["Properties"]
+    assert "AutoPublishAlias" not in props
+    assert "DeploymentPreference" not in props
+    res = transformed["Resources"]
+    for alias in of_type(res, "AWS::Lambda::Alias").values():
+        assert alias["Properties"]["FunctionName"] != {"Ref": SWEEP}
+    # Never invoked by API Gateway.
+    for permission in of_type(res, "AWS::Lambda::Permission").values():
+        if permission["Properties"]["FunctionName"] == {"Ref": SWEEP}:
+            assert permission["Properties"]["Principal"] != "apigateway.amazonaws.com"
 
 
 # --- cost: AC 12 ------------------------------------------------------------------------------
@@ -541,7 +647,7 @@ def test_every_checkov_suppression_has_a_reason(request, path_fixture):
 
 def test_translated_functions_keep_json_logs_in_their_own_group(transformed):
     functions = of_type(transformed["Resources"], "AWS::Lambda::Function")
-    assert len(functions) == 12  # 11 routes + the pre-traffic hook
+    assert len(functions) == 14  # 12 routes + the sweeper + the pre-traffic hook
     for name, function in functions.items():
         props = function["Properties"]
         # SAM merges the global LogFormat with each function's LogGroup.

@@ -4,6 +4,7 @@
 //! by `flagctl`, verified by exactly the same code.
 
 use crate::api::{ApiError, ApiRequest, AuthorizerClaims};
+use flags_core::domain::Actor;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
@@ -23,9 +24,19 @@ pub struct Caller {
     token_use: Option<String>,
     #[serde(default)]
     client_id: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 impl Caller {
+    /// Who the audit log names for this caller's changes.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            sub: self.sub.clone(),
+            email: self.email.clone(),
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.groups
             .iter()
@@ -51,6 +62,7 @@ impl Caller {
             groups,
             token_use: claims.get("token_use").cloned(),
             client_id: claims.get("client_id").cloned(),
+            email: claims.get("email").cloned(),
         })
     }
 }

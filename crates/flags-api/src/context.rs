@@ -5,10 +5,11 @@
 use crate::auth::TokenVerifier;
 use flags_core::FlagService;
 use flags_core::config::{Config, ConfigError};
-use flags_core::redis_client::RedisConnection;
+use flags_core::redis::RedisConnection;
 use flags_core::wiring::{App, WiringError};
 use jsonwebtoken::jwk::JwkSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Values of `REDIS_URL` (or its SSM parameter) that mean "no Redis": the emergency switch
 /// back to the in-memory cache without a code change.
@@ -174,7 +175,7 @@ pub async fn resolve_urls(
 /// What every handler gets.
 #[derive(Debug)]
 pub struct AppContext {
-    pub service: FlagService,
+    pub service: Arc<FlagService>,
     pub verifier: Option<TokenVerifier>,
     pub redis: Option<RedisConnection>,
 }

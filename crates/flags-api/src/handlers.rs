@@ -10,8 +10,8 @@ use crate::validation::{
     Fields, environment, flag_key_param, json_object, positive_query_int, user_id_param,
 };
 use flags_core::domain::{
-    Flag, FlagPatch, MAX_DESCRIPTION_CHARS, NewFlag, NewOverride, OverrideType, Rollout, UserId,
-    UserOverride,
+    AuditFilter, Environment, Flag, FlagKey, FlagPatch, MAX_DESCRIPTION_CHARS, NewFlag,
+    NewOverride, OverrideType, Rollout, UserId, UserOverride,
 };
 use flags_core::service::{PageRequest, RedisStatus};
 use http::StatusCode;
@@ -34,6 +34,7 @@ pub async fn handle(ctx: &AppContext, route: Route, request: ApiRequest) -> ApiR
         Route::AdminDeleteOverride => admin_delete_override(ctx, &request).await,
         Route::AdminListOverrides => admin_list_overrides(ctx, &request).await,
         Route::AdminInvalidateCache => admin_invalidate_cache(ctx, &request).await,
+        Route::AdminAudit => admin_audit(ctx, &request).await,
     };
     let response = result.unwrap_or_else(ApiError::into_response);
     tracing::info!(
@@ -133,7 +134,7 @@ async fn admin_create_flag(
     ctx: &AppContext,
     request: &ApiRequest,
 ) -> Result<ApiResponse, ApiError> {
-    require_admin(ctx.verifier.as_ref(), request).await?;
+    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
     let env = environment(request, &mut errors);
     let body = json_object(request)?;
@@ -159,7 +160,10 @@ async fn admin_create_flag(
         rollout: Rollout::new(rollout.unwrap_or(0)).ok_or(ApiError::Internal)?,
         description: description.flatten(),
     };
-    let flag = ctx.service.create_flag(&env, new).await?;
+    let flag = ctx
+        .service
+        .create_flag(&env, new, Some(&admin.actor()))
+        .await?;
     Ok(ApiResponse::json(StatusCode::CREATED, flag_detail(&flag)))
 }
 
@@ -167,7 +171,7 @@ async fn admin_update_flag(
     ctx: &AppContext,
     request: &ApiRequest,
 ) -> Result<ApiResponse, ApiError> {
-    require_admin(ctx.verifier.as_ref(), request).await?;
+    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
     let (env, key) = (
         environment(request, &mut errors),
@@ -185,7 +189,10 @@ async fn admin_update_flag(
     errors.merge(fields.errors);
     errors.into_result()?;
     let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
-    let flag = ctx.service.update_flag(&env, &key, patch).await?;
+    let flag = ctx
+        .service
+        .update_flag(&env, &key, patch, Some(&admin.actor()))
+        .await?;
     Ok(ApiResponse::ok(flag_detail(&flag)))
 }
 
@@ -193,7 +200,7 @@ async fn admin_delete_flag(
     ctx: &AppContext,
     request: &ApiRequest,
 ) -> Result<ApiResponse, ApiError> {
-    require_admin(ctx.verifier.as_ref(), request).await?;
+    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
     let (env, key) = (
         environment(request, &mut errors),
@@ -201,7 +208,9 @@ async fn admin_delete_flag(
     );
     errors.into_result()?;
     let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
-    ctx.service.delete_flag(&env, &key).await?;
+    ctx.service
+        .delete_flag(&env, &key, Some(&admin.actor()))
+        .await?;
     Ok(ApiResponse::no_content())
 }
 
@@ -234,9 +243,12 @@ async fn admin_upsert_override(
         user_id,
         override_type,
         reason: reason.flatten(),
-        created_by: Some(admin.sub),
+        created_by: Some(admin.sub.clone()),
     };
-    let saved = ctx.service.upsert_override(&env, &key, new).await?;
+    let saved = ctx
+        .service
+        .upsert_override(&env, &key, new, Some(&admin.actor()))
+        .await?;
     Ok(ApiResponse::json(
         StatusCode::CREATED,
         override_json(&saved),
@@ -247,7 +259,7 @@ async fn admin_delete_override(
     ctx: &AppContext,
     request: &ApiRequest,
 ) -> Result<ApiResponse, ApiError> {
-    require_admin(ctx.verifier.as_ref(), request).await?;
+    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
     let (env, key) = (
         environment(request, &mut errors),
@@ -257,7 +269,7 @@ async fn admin_delete_override(
     errors.into_result()?;
     let ((env, key), user_id) = env.zip(key).zip(user_id).ok_or(ApiError::Internal)?;
     ctx.service
-        .delete_override(&env, &key, user_id.as_str())
+        .delete_override(&env, &key, user_id.as_str(), Some(&admin.actor()))
         .await?;
     Ok(ApiResponse::no_content())
 }
@@ -304,7 +316,50 @@ async fn admin_invalidate_cache(
     ctx: &AppContext,
     request: &ApiRequest,
 ) -> Result<ApiResponse, ApiError> {
+    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
+    let report = ctx.service.invalidate_all(Some(&admin.actor())).await?;
+    // `complete: false` when Redis stopped answering part-way: the count is still exact.
+    Ok(ApiResponse::ok(json!({
+        "invalidatedKeys": report.deleted,
+        "complete": report.complete,
+    })))
+}
+
+/// `GET /admin/audit` (contract §2.7): newest first; without `environment`, every environment.
+async fn admin_audit(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
     require_admin(ctx.verifier.as_ref(), request).await?;
-    let count = ctx.service.invalidate_all().await;
-    Ok(ApiResponse::ok(json!({ "invalidatedKeys": count })))
+    let mut errors = ValidationErrors::default();
+    let environment = request
+        .query_param("environment")
+        .filter(|e| !e.is_empty())
+        .and_then(|e| {
+            Environment::parse(e)
+                .map_err(|error| errors.add("environment", error.0))
+                .ok()
+        });
+    let flag_key = request
+        .query_param("flagKey")
+        .filter(|k| !k.is_empty())
+        .and_then(|k| {
+            FlagKey::parse(k)
+                .map_err(|error| errors.add("flagKey", error.0))
+                .ok()
+        });
+    let page = positive_query_int(request, "page", 1, &mut errors);
+    let page_size = positive_query_int(request, "pageSize", DEFAULT_PAGE_SIZE, &mut errors)
+        .map(|s| s.min(MAX_PAGE_SIZE));
+    errors.into_result()?;
+    let (page, page_size) = page.zip(page_size).ok_or(ApiError::Internal)?;
+    let filter = AuditFilter {
+        environment: environment.map(|e| e.as_str().to_owned()),
+        flag_key: flag_key.map(|k| k.as_str().to_owned()),
+    };
+    let result = ctx
+        .service
+        .list_audit(&filter, PageRequest { page, page_size })
+        .await?;
+    Ok(ApiResponse::ok(json!({
+        "items": result.entries,
+        "pagination": { "page": page, "pageSize": page_size, "total": result.total },
+    })))
 }

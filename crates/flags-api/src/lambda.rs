@@ -9,26 +9,54 @@ use crate::routes::Route;
 use bytes::Bytes;
 use flags_core::telemetry::{self, LogFormat};
 use lambda_http::request::RequestContext;
-use lambda_http::{Body, Request, RequestExt, Response, service_fn};
+use lambda_http::{Body, LambdaEvent, Request, RequestExt, Response, service_fn};
+use serde_json::Value;
 use std::sync::Arc;
 
-/// Init (configuration, pools, Redis client, JWKS), then the runtime loop.
-pub async fn run(route: Route) -> Result<(), lambda_http::Error> {
+/// Init shared by every function: configuration, pools, Redis client, JWKS.
+async fn init() -> Result<Arc<AppContext>, lambda_http::Error> {
     telemetry::init(LogFormat::Json);
-    let context = match AppContext::from_env().await {
-        Ok(context) => Arc::new(context),
+    match AppContext::from_env().await {
+        Ok(context) => Ok(Arc::new(context)),
         Err(error) => {
             // Fails the init phase with a message that names what is wrong, never a secret.
             tracing::error!(error = %error, "initialisation failed");
-            return Err(error.into());
+            Err(error.into())
         }
-    };
+    }
+}
+
+/// Init, then the runtime loop of one HTTP route.
+pub async fn run(route: Route) -> Result<(), lambda_http::Error> {
+    let context = init().await?;
     lambda_http::run(service_fn(move |event: Request| {
         let context = context.clone();
         async move {
             Ok::<_, std::convert::Infallible>(into_lambda_response(
                 handle(&context, route, into_api_request(event)).await,
             ))
+        }
+    }))
+    .await
+}
+
+/// Init, then the runtime loop of the scheduled sweeper (any event, e.g. EventBridge's). An
+/// invalidation that fails again is an error of the invocation, so the function's error alarm
+/// tells operators that caches are waiting on Redis.
+pub async fn run_sweeper() -> Result<(), lambda_http::Error> {
+    let context = init().await?;
+    lambda_http::lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
+        let context = context.clone();
+        async move {
+            let report = context.service.sweep_pending_invalidations().await?;
+            if report.failed > 0 {
+                return Err(format!(
+                    "{} environment(s) still owe a cache invalidation: Redis did not answer",
+                    report.failed
+                )
+                .into());
+            }
+            Ok::<_, lambda_http::Error>(serde_json::to_value(report)?)
         }
     }))
     .await

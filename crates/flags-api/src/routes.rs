@@ -16,10 +16,11 @@ pub enum Route {
     AdminDeleteOverride,
     AdminListOverrides,
     AdminInvalidateCache,
+    AdminAudit,
 }
 
 impl Route {
-    pub const ALL: [Route; 11] = [
+    pub const ALL: [Route; 12] = [
         Route::GetFlags,
         Route::GetFlag,
         Route::Health,
@@ -31,6 +32,7 @@ impl Route {
         Route::AdminDeleteOverride,
         Route::AdminListOverrides,
         Route::AdminInvalidateCache,
+        Route::AdminAudit,
     ];
 
     /// Method and path template as API Gateway routes them.
@@ -47,6 +49,7 @@ impl Route {
             Self::AdminDeleteOverride => (Method::DELETE, "/admin/flags/{flagKey}/users/{userId}"),
             Self::AdminListOverrides => (Method::GET, "/admin/flags/{flagKey}/users"),
             Self::AdminInvalidateCache => (Method::POST, "/admin/cache/invalidate"),
+            Self::AdminAudit => (Method::GET, "/admin/audit"),
         }
     }
 
@@ -64,6 +67,7 @@ impl Route {
             Self::AdminDeleteOverride => "admin-delete-override",
             Self::AdminListOverrides => "admin-list-overrides",
             Self::AdminInvalidateCache => "admin-invalidate-cache",
+            Self::AdminAudit => "admin-audit",
         }
     }
 
@@ -132,6 +136,6 @@ mod tests {
         assert!(Route::match_path(&Method::GET, &segments("/nope")).is_none());
         assert!(Route::match_path(&Method::PUT, &segments("/admin/flags/x")).is_none());
         assert!(Route::match_path(&Method::GET, &segments("/config/flags/a/b")).is_none());
-        assert_eq!(Route::ALL.iter().filter(|r| r.is_admin()).count(), 8);
+        assert_eq!(Route::ALL.iter().filter(|r| r.is_admin()).count(), 9);
     }
 }

@@ -5,7 +5,8 @@ use crate::cache_events::CacheEvents;
 use async_trait::async_trait;
 use flags_api::{AppContext, AuthConfig};
 use flags_core::cache::{
-    CacheError, CacheFill, CacheKind, CacheRead, FlagCache, Generation, Invalidation,
+    CacheError, CacheFill, CacheKind, CacheRead, FlagCache, Generation, InvalidateAllReport,
+    Invalidation,
 };
 use flags_core::domain::{Environment, FlagKey, NewFlag, Rollout};
 use flags_core::rate_limit::{DEFAULT_WINDOW, OverrideRateLimiter};
@@ -97,7 +98,7 @@ pub async fn seed_flags(
             rollout: Rollout::new([100, 50, 10, 0][index % 4]).ok_or("rollout")?,
             description: Some(format!("benchmark flag {index}")),
         };
-        app.service.create_flag(env, new).await?;
+        app.service.create_flag(env, new, None).await?;
         keys.push(key);
     }
     Ok(keys)
@@ -154,7 +155,7 @@ pub async fn context(
     if matches!(cache, CacheChoice::None) {
         let store = open_store(database_url, DATABASE_POOL_SIZE)?;
         let limiter = OverrideRateLimiter::new(None, config.override_rate_limit, DEFAULT_WINDOW);
-        context.service = FlagService::new(store, Arc::new(NoCache), limiter);
+        context.service = Arc::new(FlagService::new(store, Arc::new(NoCache), limiter));
     }
     Ok(Arc::new(context))
 }
@@ -193,8 +194,11 @@ impl FlagCache for NoCache {
         Ok(())
     }
 
-    async fn invalidate_all(&self) -> Result<u64, CacheError> {
-        Ok(0)
+    async fn invalidate_all(&self) -> InvalidateAllReport {
+        InvalidateAllReport {
+            deleted: 0,
+            complete: true,
+        }
     }
 
     async fn ping(&self) -> Result<(), CacheError> {

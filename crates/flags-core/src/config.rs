@@ -7,6 +7,10 @@ pub const DEFAULT_CACHE_TTL_SECS: u64 = 300;
 pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REDIS_MAX_ATTEMPTS: u32 = 3;
+/// Largest pool a process may open (AC1: at most 10 connections per process).
+pub const MAX_REDIS_POOL_SIZE: usize = 10;
+/// How long a write keeps retrying its cache invalidation before leaving it to the sweeper.
+pub const INVALIDATION_RETRY_BUDGET: Duration = Duration::from_secs(1);
 
 /// A string that must not reach logs or response bodies.
 #[derive(Clone, PartialEq, Eq)]
@@ -122,11 +126,9 @@ impl Config {
             if let Some(ms) = parse_var(&lookup, "REDIS_COMMAND_TIMEOUT_MS", 10..=10_000)? {
                 redis.command_timeout = Duration::from_millis(ms);
             }
-            if let Some(size) = parse_var(
-                &lookup,
-                "REDIS_POOL_SIZE",
-                1..=crate::redis_client::MAX_POOL_SIZE as u64,
-            )? {
+            if let Some(size) =
+                parse_var(&lookup, "REDIS_POOL_SIZE", 1..=MAX_REDIS_POOL_SIZE as u64)?
+            {
                 redis.pool_size = size as usize;
             }
         }

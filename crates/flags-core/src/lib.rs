@@ -7,7 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod rate_limit;
-pub mod redis_client;
+pub mod redis;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -1,14 +1,20 @@
-//! The flag service: cache-aside reads with database fallback, invalidation after every write.
+//! The flag service: cache-aside reads with database fallback; writes that commit the change,
+//! its audit row and a pending invalidation together, then invalidate the cache (contract §3.1).
 
-use crate::cache::{CacheFill, CacheKind, FlagCache, Invalidation};
+use crate::cache::{CacheFill, CacheKind, FlagCache, InvalidateAllReport, Invalidation};
 use crate::domain::{
-    Environment, EvaluationContext, Flag, FlagKey, FlagPatch, FlagSet, NewFlag, NewOverride,
-    OverridePage, UserOverride, UserOverrides, evaluate, evaluate_all,
+    Actor, AuditAction, AuditFilter, AuditPage, Environment, EvaluationContext, Flag, FlagKey,
+    FlagPatch, FlagSet, NewFlag, NewOverride, OverridePage, UserOverride, UserOverrides, evaluate,
+    evaluate_all,
 };
-use crate::rate_limit::{OverrideRateLimiter, RateLimited};
-use crate::store::{FlagStore, StoreError};
-use std::collections::BTreeMap;
+use crate::rate_limit::{OverrideRateLimiter, RateDecision, RateLimited};
+use crate::store::{AuditLimit, AuditRecord, Committed, FlagStore, PendingId, StoreError};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+/// Pending invalidations one sweep takes on at most; the next sweep takes the rest.
+const SWEEP_BATCH: u32 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -51,6 +57,24 @@ impl HealthReport {
 pub struct PageRequest {
     pub page: u32,
     pub page_size: u32,
+}
+
+impl PageRequest {
+    fn offset(self) -> u64 {
+        u64::from(self.page.saturating_sub(1)) * u64::from(self.page_size)
+    }
+}
+
+/// What one sweep of pending invalidations did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepReport {
+    /// Pending records completed and removed.
+    pub swept: u64,
+    /// Environments whose cache was invalidated.
+    pub environments: u64,
+    /// Environments whose invalidation failed again (their records stay for the next sweep).
+    pub failed: u64,
 }
 
 #[derive(Debug)]
@@ -197,17 +221,23 @@ impl FlagService {
         Ok(self.store.list_flags(env).await?)
     }
 
-    pub async fn create_flag(&self, env: &Environment, new: NewFlag) -> Result<Flag, ServiceError> {
-        let flag = self
-            .store
-            .create_flag(env, &new)
-            .await
-            .map_err(|error| match error {
-                StoreError::AlreadyExists => ServiceError::AlreadyExists(new.flag_key.to_string()),
-                other => other.into(),
-            })?;
-        self.invalidate(env, Invalidation::Flags).await;
-        Ok(flag)
+    pub async fn create_flag(
+        &self,
+        env: &Environment,
+        new: NewFlag,
+        actor: Option<&Actor>,
+    ) -> Result<Flag, ServiceError> {
+        let committed =
+            self.store
+                .create_flag(env, &new, actor)
+                .await
+                .map_err(|error| match error {
+                    StoreError::AlreadyExists => {
+                        ServiceError::AlreadyExists(new.flag_key.to_string())
+                    }
+                    other => other.into(),
+                })?;
+        Ok(self.propagate(env, Invalidation::Flags, committed).await)
     }
 
     pub async fn update_flag(
@@ -215,30 +245,52 @@ impl FlagService {
         env: &Environment,
         key: &FlagKey,
         patch: FlagPatch,
+        actor: Option<&Actor>,
     ) -> Result<Flag, ServiceError> {
-        let flag = self
+        let committed = self
             .store
-            .update_flag(env, key, &patch)
-            .await?
-            .ok_or_else(|| ServiceError::FlagNotFound(key.to_string()))?;
-        self.invalidate(env, Invalidation::Flags).await;
-        Ok(flag)
+            .update_flag(env, key, &patch, actor)
+            .await
+            .map_err(|e| not_found_as(e, key))?;
+        Ok(self.propagate(env, Invalidation::Flags, committed).await)
     }
 
-    pub async fn delete_flag(&self, env: &Environment, key: &FlagKey) -> Result<(), ServiceError> {
-        if !self.store.delete_flag(env, key).await? {
-            return Err(ServiceError::FlagNotFound(key.to_string()));
-        }
-        // Its overrides went with it, and a flag re-created under the same key must not inherit them.
-        self.invalidate(env, Invalidation::FlagsAndAllUsers).await;
+    pub async fn delete_flag(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        actor: Option<&Actor>,
+    ) -> Result<(), ServiceError> {
+        let committed = self
+            .store
+            .delete_flag(env, key, actor)
+            .await
+            .map_err(|e| not_found_as(e, key))?;
+        // Its overrides went with it, and a flag re-created under the same key must not inherit
+        // them: every user's cached overrides go too (one epoch bump, not a keyspace scan).
+        self.propagate(env, Invalidation::Environment, committed)
+            .await;
         Ok(())
     }
 
-    async fn existing_flag(&self, env: &Environment, key: &FlagKey) -> Result<Flag, ServiceError> {
-        self.store
-            .get_flag(env, key)
-            .await?
-            .ok_or_else(|| ServiceError::FlagNotFound(key.to_string()))
+    /// Where an override change is counted (contract §2.5). With Redis answering, the flag's
+    /// existence is checked first so that a missing flag is a 404 before it is counted.
+    async fn override_limit(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+    ) -> Result<AuditLimit, ServiceError> {
+        let decision = self.rate_limiter.check(env, key).await;
+        if !matches!(decision, RateDecision::CountInAuditLog(_))
+            && self.store.get_flag(env, key).await?.is_none()
+        {
+            return Err(ServiceError::FlagNotFound(key.to_string()));
+        }
+        match decision {
+            RateDecision::Admitted => Ok(None),
+            RateDecision::Limited(limited) => Err(limited.into()),
+            RateDecision::CountInAuditLog(window) => Ok(Some(window)),
+        }
     }
 
     /// Adds or replaces a user's override. Order: flag lookup (404), rate limit (429), change.
@@ -247,13 +299,17 @@ impl FlagService {
         env: &Environment,
         key: &FlagKey,
         new: NewOverride,
+        actor: Option<&Actor>,
     ) -> Result<UserOverride, ServiceError> {
-        let flag = self.existing_flag(env, key).await?;
-        self.rate_limiter.check(env, key).await?;
-        let saved = self.store.upsert_override(flag.id, &new).await?;
-        self.invalidate(env, Invalidation::User(new.user_id.as_str()))
-            .await;
-        Ok(saved)
+        let limit = self.override_limit(env, key).await?;
+        let committed = self
+            .store
+            .upsert_override(env, key, &new, actor, limit)
+            .await
+            .map_err(|e| not_found_as(e, key))?;
+        Ok(self
+            .propagate(env, Invalidation::User(new.user_id.as_str()), committed)
+            .await)
     }
 
     pub async fn delete_override(
@@ -261,13 +317,16 @@ impl FlagService {
         env: &Environment,
         key: &FlagKey,
         user_id: &str,
+        actor: Option<&Actor>,
     ) -> Result<(), ServiceError> {
-        let flag = self.existing_flag(env, key).await?;
-        self.rate_limiter.check(env, key).await?;
-        if !self.store.delete_override(flag.id, user_id).await? {
-            return Err(ServiceError::OverrideNotFound(key.to_string()));
-        }
-        self.invalidate(env, Invalidation::User(user_id)).await;
+        let limit = self.override_limit(env, key).await?;
+        let committed = self
+            .store
+            .delete_override(env, key, user_id, actor, limit)
+            .await
+            .map_err(|e| not_found_as(e, key))?;
+        self.propagate(env, Invalidation::User(user_id), committed)
+            .await;
         Ok(())
     }
 
@@ -277,40 +336,127 @@ impl FlagService {
         key: &FlagKey,
         page: PageRequest,
     ) -> Result<OverridePage, ServiceError> {
-        let flag = self.existing_flag(env, key).await?;
-        let offset = u64::from(page.page.saturating_sub(1)) * u64::from(page.page_size);
+        let flag = self
+            .store
+            .get_flag(env, key)
+            .await?
+            .ok_or_else(|| ServiceError::FlagNotFound(key.to_string()))?;
         Ok(self
             .store
-            .list_overrides(flag.id, page.page_size, offset)
+            .list_overrides(flag.id, page.page_size, page.offset())
             .await?)
     }
 
-    /// Drops every cached key. Redis trouble is logged and reported as 0 keys, never an error.
-    pub async fn invalidate_all(&self) -> u64 {
-        match self.cache.invalidate_all().await {
-            Ok(count) => {
-                tracing::info!(cache_invalidated = true, keys = count, "cache invalidated");
-                count
+    /// One page of the audit log, newest first.
+    pub async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        page: PageRequest,
+    ) -> Result<AuditPage, ServiceError> {
+        Ok(self
+            .store
+            .list_audit(filter, page.page_size, page.offset())
+            .await?)
+    }
+
+    /// Drops every cached key, page by page, and reports exactly what it deleted. Redis trouble
+    /// is never an error: the report says how far it got.
+    pub async fn invalidate_all(
+        &self,
+        actor: Option<&Actor>,
+    ) -> Result<InvalidateAllReport, ServiceError> {
+        let report = self.cache.invalidate_all().await;
+        tracing::info!(
+            cache_invalidated = report.complete,
+            keys = report.deleted,
+            "cache invalidate-all"
+        );
+        self.store
+            .record_audit(&AuditRecord {
+                action: AuditAction::CacheInvalidated,
+                environment: None,
+                flag_key: None,
+                actor: actor.cloned(),
+                before: None,
+                after: Some(serde_json::json!({
+                    "invalidatedKeys": report.deleted,
+                    "complete": report.complete,
+                })),
+            })
+            .await?;
+        Ok(report)
+    }
+
+    /// After a commit: invalidates the cache (bounded retry, not gated by the read breaker) and
+    /// removes the pending record once that worked. When Redis cannot be reached the record
+    /// stays and the sweeper completes it (contract §3.1).
+    async fn propagate<T>(
+        &self,
+        env: &Environment,
+        what: Invalidation<'_>,
+        committed: Committed<T>,
+    ) -> T {
+        match self.cache.invalidate(env, what).await {
+            Ok(()) => {
+                tracing::info!(cache_invalidated = true, environment = %env, scope = ?what, "cache invalidated");
+                self.clear_pending(&[committed.pending]).await;
             }
             Err(error) => {
-                tracing::warn!(cache_invalidated = false, error = %error, "could not invalidate the cache");
-                0
+                tracing::warn!(cache_invalidated = false, environment = %env, scope = ?what,
+                    pending_invalidation = committed.pending.0, error = %error,
+                    "cache invalidation failed; the sweeper completes it once Redis answers");
             }
+        }
+        committed.value
+    }
+
+    /// A record left behind is only an extra invalidation for the next sweep; never an error.
+    async fn clear_pending(&self, ids: &[PendingId]) {
+        if let Err(error) = self.store.clear_pending(ids).await {
+            tracing::warn!(error = %error, records = ids.len(),
+                "could not remove completed pending invalidations; the sweeper will redo them");
         }
     }
 
-    /// Called after a write has committed. A failure is logged, never returned: the write
-    /// happened, and the TTL bounds how long a stale entry can live.
-    async fn invalidate(&self, env: &Environment, what: Invalidation<'_>) {
-        match self.cache.invalidate(env, what).await {
-            Ok(()) => {
-                tracing::info!(cache_invalidated = true, environment = %env, scope = ?what, "cache invalidated")
-            }
-            Err(error) => {
-                tracing::warn!(cache_invalidated = false, environment = %env, scope = ?what, error = %error,
-                "cache invalidation failed; stale entries expire with the TTL")
+    /// Completes the invalidations that writers could not (contract §3.1): the local server
+    /// runs it every second, AWS once a minute, and any instance when its Redis comes back.
+    pub async fn sweep_pending_invalidations(&self) -> Result<SweepReport, ServiceError> {
+        let pending = self.store.pending_invalidations(SWEEP_BATCH).await?;
+        let mut report = SweepReport::default();
+        let environments: BTreeSet<&str> = pending.iter().map(|p| p.environment.as_str()).collect();
+        for name in environments {
+            let ids: Vec<PendingId> = pending
+                .iter()
+                .filter(|p| p.environment == name)
+                .map(|p| p.id)
+                .collect();
+            // A name that is not an environment (never written by this service) has nothing cached.
+            let invalidated = match Environment::parse(name) {
+                Ok(env) => self.cache.invalidate(&env, Invalidation::Environment).await,
+                Err(_) => Ok(()),
+            };
+            match invalidated {
+                Ok(()) => {
+                    self.clear_pending(&ids).await;
+                    report.environments += 1;
+                    report.swept += ids.len() as u64;
+                }
+                Err(error) => {
+                    report.failed += 1;
+                    tracing::warn!(environment = name, error = %error, records = ids.len(),
+                        "sweep could not invalidate; the records stay for the next sweep");
+                }
             }
         }
+        if report.swept > 0 || report.failed > 0 {
+            tracing::info!(
+                swept = report.swept,
+                environments = report.environments,
+                failed = report.failed,
+                "pending invalidations swept"
+            );
+        }
+        Ok(report)
     }
 
     pub async fn health(&self) -> HealthReport {
@@ -335,5 +481,15 @@ impl FlagService {
             redis,
             database_up,
         }
+    }
+}
+
+/// The store's "not found" outcomes, named after the flag the caller asked about.
+fn not_found_as(error: StoreError, key: &FlagKey) -> ServiceError {
+    match error {
+        StoreError::FlagNotFound => ServiceError::FlagNotFound(key.to_string()),
+        StoreError::OverrideNotFound => ServiceError::OverrideNotFound(key.to_string()),
+        StoreError::RateLimited(limited) => ServiceError::RateLimited(limited),
+        other => other.into(),
     }
 }

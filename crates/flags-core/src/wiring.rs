@@ -4,7 +4,7 @@
 use crate::cache::{FlagCache, MemoryCache, RedisCache};
 use crate::config::{Config, redact_url};
 use crate::rate_limit::{DEFAULT_WINDOW, OverrideRateLimiter};
-use crate::redis_client::RedisConnection;
+use crate::redis::RedisConnection;
 use crate::service::FlagService;
 use crate::store::{FlagStore, PostgresStore, SqliteStore, StoreError};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub fn open_store(url: &str, pool_size: u32) -> Result<Arc<dyn FlagStore>, Store
 /// The service and the Redis connection it uses (if any), built once per process.
 #[derive(Debug)]
 pub struct App {
-    pub service: FlagService,
+    pub service: Arc<FlagService>,
     pub redis: Option<RedisConnection>,
 }
 
@@ -70,9 +70,21 @@ impl App {
             cache_ttl_secs = config.cache_ttl.as_secs(),
             "flag service ready"
         );
-        Ok(Self {
-            service: FlagService::new(store, cache, limiter),
-            redis,
-        })
+        let service = Arc::new(FlagService::new(store, cache, limiter));
+        if let Some(connection) = &redis {
+            tokio::spawn(sweep_when_reconnected(connection.clone(), service.clone()));
+        }
+        Ok(Self { service, redis })
+    }
+}
+
+/// The instance whose Redis connection comes back completes what writers left pending while it
+/// was gone (contract §3.1), without waiting for the scheduled sweep.
+async fn sweep_when_reconnected(redis: RedisConnection, service: Arc<FlagService>) {
+    loop {
+        redis.reconnected().await;
+        if let Err(error) = service.sweep_pending_invalidations().await {
+            tracing::warn!(error = %error, "sweep after reconnecting failed; the scheduled sweep retries");
+        }
     }
 }

@@ -54,7 +54,7 @@ pub async fn seed(service: &FlagService) -> Result<usize, ServiceError> {
                 rollout: Rollout::new(if everything_on { 100 } else { rollout }).expect("0..=100"),
                 description: Some(description.to_owned()),
             };
-            match service.create_flag(&environment(name), new).await {
+            match service.create_flag(&environment(name), new, None).await {
                 Ok(_) => created += 1,
                 Err(ServiceError::AlreadyExists(_)) => {}
                 Err(error) => return Err(error),

@@ -7,11 +7,32 @@ use axum::extract::State;
 use flags_api::api::MAX_BODY_BYTES;
 use flags_api::handlers::handle;
 use flags_api::{ApiError, ApiRequest, ApiResponse, AppContext, Route};
+use flags_core::FlagService;
 use http::{Request, Response};
 use percent_encoding::percent_decode_str;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// The local server's background work, every `interval` until the returned handle is aborted:
+/// completing the cache invalidations writers could not (contract §3.1). In AWS a scheduled
+/// function does the same once a minute.
+pub fn spawn_background_work(
+    service: Arc<FlagService>,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = service.sweep_pending_invalidations().await {
+                tracing::warn!(error = %error, "background sweep failed; retrying next tick");
+            }
+        }
+    })
+}
 
 /// Serves until `shutdown` completes, then finishes in-flight requests and returns.
 pub async fn serve(

@@ -4,16 +4,21 @@
 use flags_core::Config;
 use flags_core::config::{ConfigError, redact_url};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The ignored folder for local state: the SQLite database and the local signing keys.
 pub const DATA_DIR: &str = ".data";
 pub const DEFAULT_PORT: u16 = 3000;
+/// How often the local server completes pending invalidations (contract §3.1: ≤ 2 s locally).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct LocalSettings {
     pub config: Config,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// `SCHEDULE_POLL_SECONDS`: the background work's period.
+    pub poll_interval: Duration,
 }
 
 impl LocalSettings {
@@ -41,10 +46,23 @@ impl LocalSettings {
                 .parse()
                 .map_err(|_| ConfigError::new("PORT", "must be a port number"))?,
         };
+        let poll_interval = match get("SCHEDULE_POLL_SECONDS") {
+            None => DEFAULT_POLL_INTERVAL,
+            Some(raw) => raw
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=3600).contains(s))
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    ConfigError::new("SCHEDULE_POLL_SECONDS", "must be an integer from 1 to 3600")
+                })?,
+        };
         Ok(Self {
             config,
             port,
             data_dir,
+            poll_interval,
         })
     }
 
@@ -81,6 +99,7 @@ mod tests {
             "sqlite://.data/flags.db"
         );
         assert!(settings.config.redis.is_none());
+        assert_eq!(settings.poll_interval, Duration::from_secs(1));
     }
 
     #[test]
@@ -97,5 +116,9 @@ mod tests {
         assert!(database.starts_with("postgres://"));
         assert!(cache.contains("***") && !cache.contains("pw"));
         assert!(LocalSettings::from_lookup(|n| (n == "PORT").then(|| "x".into())).is_err());
+        let error =
+            LocalSettings::from_lookup(|n| (n == "SCHEDULE_POLL_SECONDS").then(|| "0".into()))
+                .unwrap_err();
+        assert_eq!(error.variable, "SCHEDULE_POLL_SECONDS");
     }
 }

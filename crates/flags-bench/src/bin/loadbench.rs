@@ -10,8 +10,8 @@ use flags_bench::fixtures::{self, BoxError, CacheChoice, DATABASE_POOL_SIZE};
 use flags_bench::load::{self, LoadPlan, Workload};
 use flags_bench::redis_server::{OwnedRedis, client_count, spare_port};
 use flags_bench::stats::{Summary, ms};
+use flags_core::config::MAX_REDIS_POOL_SIZE;
 use flags_core::domain::Environment;
-use flags_core::redis_client::MAX_POOL_SIZE;
 use sqlx::{ConnectOptions, Connection};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -195,7 +195,7 @@ async fn main() -> Result<(), BoxError> {
         .iter()
         .filter_map(|r| r.connections)
         .any(|(redis, postgres)| {
-            redis.unwrap_or(0) > MAX_POOL_SIZE
+            redis.unwrap_or(0) > MAX_REDIS_POOL_SIZE
                 || postgres.unwrap_or(0) > DATABASE_POOL_SIZE as usize
         });
     if errors > 0 || unbounded {

@@ -1,7 +1,10 @@
 //! The per-process cache used when no `REDIS_URL` is configured (local runs, tests).
 //! Same TTL and the same generation protocol as Redis; values are kept decoded.
 
-use super::{CacheError, CacheFill, CacheKind, CacheRead, FlagCache, Generation, Invalidation};
+use super::{
+    CacheError, CacheFill, CacheKind, CacheRead, FlagCache, Generation, InvalidateAllReport,
+    Invalidation,
+};
 use crate::domain::{Environment, FlagSet, UserOverrides};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -62,7 +65,10 @@ impl FlagCache for MemoryCache {
             Some(entry) => CacheRead {
                 flags: fresh(entry.flags.as_ref(), now),
                 overrides: user_id.and_then(|u| fresh(entry.overrides.get(u), now)),
-                generation: Generation(entry.generation),
+                generation: Generation {
+                    fills: entry.generation,
+                    overrides_epoch: Some(0),
+                },
             },
         }))
     }
@@ -76,7 +82,7 @@ impl FlagCache for MemoryCache {
         let expires = Instant::now() + self.ttl;
         Ok(self.with_envs(|envs| {
             let entry = envs.entry(env.as_str().to_owned()).or_default();
-            if entry.generation != generation.0 {
+            if entry.generation != generation.fills {
                 return false;
             }
             if let Some(flags) = fill.flags {
@@ -104,7 +110,7 @@ impl FlagCache for MemoryCache {
                 Invalidation::User(user) => {
                     entry.overrides.remove(user);
                 }
-                Invalidation::FlagsAndAllUsers => {
+                Invalidation::Environment => {
                     entry.flags = None;
                     entry.overrides.clear();
                 }
@@ -113,9 +119,9 @@ impl FlagCache for MemoryCache {
         Ok(())
     }
 
-    async fn invalidate_all(&self) -> Result<u64, CacheError> {
+    async fn invalidate_all(&self) -> InvalidateAllReport {
         let now = Instant::now();
-        Ok(self.with_envs(|envs| {
+        let deleted = self.with_envs(|envs| {
             let mut dropped = 0;
             for entry in envs.values_mut() {
                 dropped += u64::from(entry.flags.take().is_some_and(|(exp, _)| exp > now));
@@ -126,7 +132,11 @@ impl FlagCache for MemoryCache {
                     .count() as u64;
             }
             dropped
-        }))
+        });
+        InvalidateAllReport {
+            deleted,
+            complete: true,
+        }
     }
 
     async fn ping(&self) -> Result<(), CacheError> {

@@ -4,6 +4,9 @@
 //! [`Generation`] for the environment; a writer bumps that generation when it invalidates;
 //! a fill only lands when the generation is still the one the reader saw. A reader that loaded
 //! the database before a write committed can therefore never put the old state back.
+//!
+//! Every invalidation costs O(1) work, whatever the number of cached users: cached override
+//! values carry the environment's overrides epoch, and bumping it retires all of them at once.
 
 mod memory;
 mod payload;
@@ -11,7 +14,7 @@ mod redis;
 
 pub use memory::MemoryCache;
 pub use payload::{decode_overrides, decode_snapshot, encode_overrides, encode_snapshot};
-pub use redis::{RedisCache, generation_key, overrides_key, snapshot_key};
+pub use redis::RedisCache;
 
 use crate::domain::{Environment, FlagSet, UserOverrides};
 use async_trait::async_trait;
@@ -44,9 +47,24 @@ pub enum CacheError {
     Command(String),
 }
 
-/// An opaque token for an environment's invalidation count (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Generation(pub u64);
+/// An opaque token for an environment's invalidation counts (see the module docs). The
+/// default is what an environment starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation {
+    /// Bumped by every invalidation; a fill lands only while it is unchanged.
+    pub fills: u64,
+    /// Bumped when every user's cached overrides go; `None` when the stored value is unusable.
+    pub overrides_epoch: Option<u64>,
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Self {
+            fills: 0,
+            overrides_epoch: Some(0),
+        }
+    }
+}
 
 /// What one cache round trip found. `None` is a miss (absent, expired or unreadable).
 #[derive(Debug, Clone, Default)]
@@ -70,8 +88,16 @@ pub enum Invalidation<'a> {
     Flags,
     /// One user's overrides (override added or removed).
     User(&'a str),
-    /// The snapshot and every user's overrides (flag deleted: its overrides went with it).
-    FlagsAndAllUsers,
+    /// Everything cached for the environment: the snapshot and every user's overrides (a flag
+    /// deleted took its overrides with it; a sweep does not know what the failed write changed).
+    Environment,
+}
+
+/// What invalidate-all did: exactly the keys it deleted, and whether it reached the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InvalidateAllReport {
+    pub deleted: u64,
+    pub complete: bool,
 }
 
 #[async_trait]
@@ -88,11 +114,12 @@ pub trait FlagCache: Send + Sync + std::fmt::Debug {
         generation: Generation,
         fill: CacheFill<'_>,
     ) -> Result<bool, CacheError>;
-    /// Bumps the generation and deletes the affected keys.
+    /// Bumps the generation and retires the affected values, with O(1) work. Not gated by the
+    /// read path's breaker; retried briefly before it fails (contract §3.1).
     async fn invalidate(&self, env: &Environment, what: Invalidation<'_>)
     -> Result<(), CacheError>;
-    /// Deletes every `feature_flags:*` key; returns how many were deleted.
-    async fn invalidate_all(&self) -> Result<u64, CacheError>;
+    /// Deletes every `feature_flags:*` key, page by page; never fails, reports what it did.
+    async fn invalidate_all(&self) -> InvalidateAllReport;
     /// Whether the cache answers right now (for `/health`).
     async fn ping(&self) -> Result<(), CacheError>;
 }

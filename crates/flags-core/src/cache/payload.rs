@@ -40,13 +40,40 @@ pub fn decode_snapshot(text: &str, now_ms: i64) -> Option<FlagSet> {
     Some(snapshot.flags)
 }
 
-/// `{"<flagKey>":"include"|"exclude"}`; `{}` is a valid, cached "no overrides".
-pub fn encode_overrides(overrides: &UserOverrides) -> String {
-    serde_json::to_string(overrides).unwrap_or_default()
+/// The member of a cached overrides object that holds its overrides epoch. A flag key starts
+/// with a letter or digit, so it can never collide with this name.
+pub const EPOCH_MEMBER: &str = "_epoch";
+
+#[derive(Serialize)]
+struct OverridesOut<'a> {
+    #[serde(flatten)]
+    overrides: &'a UserOverrides,
+    #[serde(rename = "_epoch", skip_serializing_if = "is_zero")]
+    epoch: u64,
 }
 
-pub fn decode_overrides(text: &str) -> Option<UserOverrides> {
-    serde_json::from_str::<BTreeMap<String, OverrideType>>(text).ok()
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// `{"<flagKey>":"include"|"exclude"}` plus `"_epoch"` once the environment has one; `{}` is a
+/// valid, cached "no overrides". Epoch 0 writes exactly the original's format.
+pub fn encode_overrides(overrides: &UserOverrides, epoch: u64) -> String {
+    serde_json::to_string(&OverridesOut { overrides, epoch }).unwrap_or_default()
+}
+
+/// The overrides and the epoch they were cached under (0 when absent, as the original wrote them).
+pub fn decode_overrides(text: &str) -> Option<(UserOverrides, u64)> {
+    let mut object: BTreeMap<String, serde_json::Value> = serde_json::from_str(text).ok()?;
+    let epoch = match object.remove(EPOCH_MEMBER) {
+        None => 0,
+        Some(value) => value.as_u64()?,
+    };
+    let overrides = object
+        .into_iter()
+        .map(|(key, value)| Some((key, OverrideType::parse(value.as_str()?)?)))
+        .collect::<Option<UserOverrides>>()?;
+    Some((overrides, epoch))
 }
 
 #[cfg(test)]
@@ -92,6 +119,16 @@ mod tests {
             "expired"
         );
         assert!(decode_overrides(r#"{"a":"maybe"}"#).is_none());
-        assert_eq!(decode_overrides("{}"), Some(UserOverrides::new()));
+        assert!(decode_overrides(r#"{"a":"include","_epoch":"x"}"#).is_none());
+        assert_eq!(decode_overrides("{}"), Some((UserOverrides::new(), 0)));
+    }
+
+    #[test]
+    fn overrides_carry_their_epoch_and_epoch_zero_is_the_original_format() {
+        let overrides: UserOverrides = [("f".to_owned(), OverrideType::Include)].into();
+        assert_eq!(encode_overrides(&overrides, 0), r#"{"f":"include"}"#);
+        let text = encode_overrides(&overrides, 7);
+        assert_eq!(text, r#"{"f":"include","_epoch":7}"#);
+        assert_eq!(decode_overrides(&text), Some((overrides, 7)));
     }
 }

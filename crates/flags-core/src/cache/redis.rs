@@ -1,41 +1,28 @@
-//! The Redis cache adapter (contract §3).
+//! The Redis cache adapter (contract §3, §3.1). Key formats: `crate::redis::keys`.
 
 use super::payload::{decode_overrides, decode_snapshot, encode_overrides, encode_snapshot};
-use super::{CacheError, CacheFill, CacheKind, CacheRead, FlagCache, Generation, Invalidation};
+use super::{
+    CacheError, CacheFill, CacheKind, CacheRead, FlagCache, Generation, InvalidateAllReport,
+    Invalidation,
+};
+use crate::config::INVALIDATION_RETRY_BUDGET;
 use crate::domain::Environment;
-use crate::redis_client::RedisConnection;
+use crate::redis::{
+    CACHE_PREFIX, RedisConnection, generation_key, overrides_epoch_key, overrides_key, snapshot_key,
+};
 use async_trait::async_trait;
-use fred::prelude::{KeysInterface, Value};
+use fred::prelude::{ClientLike, KeysInterface, Value};
 use fred::types::scripts::Script;
-use futures_util::TryStreamExt;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-/// Everything under this prefix is cache data and may be dropped at any time.
-pub const KEY_PREFIX: &str = "feature_flags:";
-/// SCAN page size for bulk invalidation.
-const SCAN_COUNT: u32 = 500;
-/// Keys deleted per DEL during bulk invalidation.
-const DELETE_BATCH: usize = 500;
+/// SCAN page size for invalidate-all; each page (SCAN + DEL) runs under its own deadline.
+const SCAN_COUNT: u32 = 1_000;
 
-pub fn snapshot_key(env: &Environment) -> String {
-    format!("{KEY_PREFIX}{env}")
-}
-
-pub fn overrides_key(env: &Environment, user_id: &str) -> String {
-    format!("{KEY_PREFIX}{env}:overrides:{user_id}")
-}
-
-/// Outside the `feature_flags:` namespace on purpose: invalidate-all must not reset it, or a
-/// reader holding an old generation could see the counter "match" again.
-pub fn generation_key(env: &Environment) -> String {
-    format!("feature_flags_generation:{env}")
-}
-
-/// The generation KEYS[1] as a string ('0' when absent). A value no reader can hold (garbage,
+/// The counter KEYS[i] as a string ('0' when absent). A value no reader can hold (garbage,
 /// another type, a number INCR cannot take) is replaced by a fresh time-based number and `nil`
-/// is returned: the next reader sees a usable generation and invalidation keeps working.
-const CURRENT_GENERATION: &str = r"local function current_generation(key)
+/// is returned: the next reader sees a usable value and invalidation keeps working.
+const CURRENT_COUNTER: &str = r"local function current(key)
   local value = redis.pcall('GET', key)
   if value == false then return '0' end
   if type(value) == 'string' and #value <= 18
@@ -46,22 +33,26 @@ const CURRENT_GENERATION: &str = r"local function current_generation(key)
 end
 ";
 
-/// Sets KEYS[2..] to ARGV[3..] with `EX ARGV[2]`, only if KEYS[1] still equals ARGV[1].
+/// Sets KEYS[3..] to ARGV[4..] with `EX ARGV[3]`, only while the generation KEYS[1] still
+/// equals ARGV[1] and the overrides epoch KEYS[2] still equals ARGV[2].
 static FILL_IF_CURRENT: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(format!(
-        r"{CURRENT_GENERATION}
-if current_generation(KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[2]) end
+        r"{CURRENT_COUNTER}
+if current(KEYS[1]) ~= ARGV[1] then return 0 end
+if current(KEYS[2]) ~= ARGV[2] then return 0 end
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[3]) end
 return 1"
     ))
 });
 
-/// Bumps the generation KEYS[1] (a reset already moved it) and deletes KEYS[2..], atomically.
+/// Bumps the generation KEYS[1], the overrides epoch KEYS[2] too when ARGV[1] is '1' (a reset
+/// already moved a garbage value), and deletes KEYS[3..]: atomically, a fixed handful of keys.
 static BUMP_AND_DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(format!(
-        r"{CURRENT_GENERATION}
-if current_generation(KEYS[1]) ~= nil then redis.call('INCR', KEYS[1]) end
-if #KEYS > 1 then return redis.call('DEL', unpack(KEYS, 2)) end
+        r"{CURRENT_COUNTER}
+if current(KEYS[1]) ~= nil then redis.call('INCR', KEYS[1]) end
+if ARGV[1] == '1' and current(KEYS[2]) ~= nil then redis.call('INCR', KEYS[2]) end
+if #KEYS > 2 then return redis.call('DEL', unpack(KEYS, 3)) end
 return 0"
     ))
 });
@@ -81,34 +72,55 @@ impl RedisCache {
         &self.redis
     }
 
-    async fn scan_keys(&self, pattern: String) -> Result<Vec<String>, CacheError> {
+    /// One SCAN page and the deletion of what it matched; returns the next cursor and the
+    /// number of keys deleted.
+    async fn invalidate_page(&self, cursor: String) -> Result<(String, u64), CacheError> {
+        let pattern = format!("{CACHE_PREFIX}*");
         self.redis
-            .run("scan", |pool| async move {
-                let keys: Vec<fred::types::Key> = pool
-                    .next()
-                    .scan_buffered(pattern, Some(SCAN_COUNT), None)
-                    .try_collect()
-                    .await?;
-                Ok(keys.into_iter().filter_map(|k| k.into_string()).collect())
+            .run_with_retry("invalidate_all_page", INVALIDATION_RETRY_BUDGET, |client| {
+                let (cursor, pattern) = (cursor.clone(), pattern.clone());
+                async move {
+                    let page: Vec<Value> = client
+                        .custom(
+                            fred::cmd!("SCAN"),
+                            vec![
+                                cursor,
+                                "MATCH".to_owned(),
+                                pattern,
+                                "COUNT".to_owned(),
+                                SCAN_COUNT.to_string(),
+                            ],
+                        )
+                        .await?;
+                    let mut page = page.into_iter();
+                    let next = page.next().and_then(Value::into_string);
+                    let keys: Vec<String> = match page.next() {
+                        Some(keys) => keys.convert()?,
+                        None => Vec::new(),
+                    };
+                    // A reply without a cursor ends the scan rather than looping on it.
+                    let next = next.unwrap_or_else(|| "0".to_owned());
+                    let deleted = if keys.is_empty() {
+                        0
+                    } else {
+                        client.del::<u64, _>(keys).await?
+                    };
+                    Ok((next, deleted))
+                }
             })
             .await
-    }
-
-    async fn delete_keys(&self, keys: Vec<String>) -> Result<u64, CacheError> {
-        let mut deleted = 0;
-        for batch in keys.chunks(DELETE_BATCH) {
-            let batch = batch.to_vec();
-            deleted += self
-                .redis
-                .run("del", |pool| async move { pool.del::<u64, _>(batch).await })
-                .await?;
-        }
-        Ok(deleted)
     }
 }
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+fn parse_counter(text: Option<String>) -> Option<u64> {
+    match text {
+        None => Some(0),
+        Some(text) => text.parse().ok(),
+    }
 }
 
 #[async_trait]
@@ -122,26 +134,36 @@ impl FlagCache for RedisCache {
         env: &Environment,
         user_id: Option<&str>,
     ) -> Result<CacheRead, CacheError> {
-        let mut keys = vec![generation_key(env), snapshot_key(env)];
+        let mut keys = vec![
+            generation_key(env),
+            overrides_epoch_key(env),
+            snapshot_key(env),
+        ];
         if let Some(user) = user_id {
             keys.push(overrides_key(env, user));
         }
         let values: Vec<Value> = self
             .redis
-            .run("mget", |pool| async move { pool.mget(keys).await })
+            .run("mget", |client| async move { client.mget(keys).await })
             .await?;
         let text = |i: usize| values.get(i).and_then(|v| v.as_string());
-        let generation = Generation(text(0).and_then(|g| g.parse().ok()).unwrap_or(0));
-        let flags = text(1).and_then(|raw| {
+        let generation = Generation {
+            fills: parse_counter(text(0)).unwrap_or(0),
+            overrides_epoch: parse_counter(text(1)),
+        };
+        let flags = text(2).and_then(|raw| {
             let decoded = decode_snapshot(&raw, now_ms());
             if decoded.is_none() {
                 tracing::warn!(key = %snapshot_key(env), "unreadable flag snapshot in redis; treating as a miss");
             }
             decoded
         });
+        // Values cached under an older epoch were retired by a flag deletion or a sweep.
         let overrides = user_id
-            .and_then(|_| text(2))
-            .and_then(|raw| decode_overrides(&raw));
+            .and_then(|_| text(3))
+            .and_then(|raw| decode_overrides(&raw))
+            .filter(|(_, epoch)| Some(*epoch) == generation.overrides_epoch)
+            .map(|(overrides, _)| overrides);
         Ok(CacheRead {
             flags,
             overrides,
@@ -156,24 +178,31 @@ impl FlagCache for RedisCache {
         fill: CacheFill<'_>,
     ) -> Result<bool, CacheError> {
         let ttl = self.ttl.as_secs().max(1);
-        let mut keys = vec![generation_key(env)];
-        let mut args = vec![generation.0.to_string(), ttl.to_string()];
+        // An unusable epoch never matches: the script resets it and this fill stores nothing.
+        let epoch = generation
+            .overrides_epoch
+            .map_or_else(|| "unusable".to_owned(), |e| e.to_string());
+        let mut keys = vec![generation_key(env), overrides_epoch_key(env)];
+        let mut args = vec![generation.fills.to_string(), epoch, ttl.to_string()];
         if let Some(flags) = fill.flags {
             keys.push(snapshot_key(env));
             args.push(encode_snapshot(flags, now_ms(), ttl));
         }
         if let Some((user, overrides)) = fill.overrides {
             keys.push(overrides_key(env, user));
-            args.push(encode_overrides(overrides));
+            args.push(encode_overrides(
+                overrides,
+                generation.overrides_epoch.unwrap_or(0),
+            ));
         }
-        if keys.len() == 1 {
+        if keys.len() == 2 {
             return Ok(false);
         }
         let stored: i64 = self
             .redis
-            .run("fill", |pool| async move {
+            .run("fill", |client| async move {
                 FILL_IF_CURRENT
-                    .evalsha_with_reload(pool.next(), keys, args)
+                    .evalsha_with_reload(&client, keys, args)
                     .await
             })
             .await?;
@@ -185,52 +214,63 @@ impl FlagCache for RedisCache {
         env: &Environment,
         what: Invalidation<'_>,
     ) -> Result<(), CacheError> {
-        let mut keys = vec![generation_key(env)];
-        match what {
-            Invalidation::Flags => keys.push(snapshot_key(env)),
-            Invalidation::User(user) => keys.push(overrides_key(env, user)),
-            Invalidation::FlagsAndAllUsers => {
+        let mut keys = vec![generation_key(env), overrides_epoch_key(env)];
+        let bump_epoch = match what {
+            Invalidation::Flags => {
                 keys.push(snapshot_key(env));
-                // Environment names contain no glob characters, so this pattern is exact.
-                keys.extend(
-                    self.scan_keys(format!("{KEY_PREFIX}{env}:overrides:*"))
-                        .await?,
-                );
+                false
             }
-        }
-        for batch in keys[1..]
-            .chunks(DELETE_BATCH)
-            .map(<[String]>::to_vec)
-            .collect::<Vec<_>>()
-        {
-            let mut batch_keys = vec![keys[0].clone()];
-            batch_keys.extend(batch);
-            self.redis
-                .run("invalidate", |pool| async move {
+            Invalidation::User(user) => {
+                keys.push(overrides_key(env, user));
+                false
+            }
+            Invalidation::Environment => {
+                keys.push(snapshot_key(env));
+                true
+            }
+        };
+        let bump_epoch = if bump_epoch { "1" } else { "0" };
+        self.redis
+            .run_with_retry("invalidate", INVALIDATION_RETRY_BUDGET, |client| {
+                let keys = keys.clone();
+                async move {
                     BUMP_AND_DELETE
-                        .evalsha_with_reload::<i64, _, _>(
-                            pool.next(),
-                            batch_keys,
-                            Vec::<String>::new(),
-                        )
+                        .evalsha_with_reload::<i64, _, _>(&client, keys, vec![bump_epoch])
                         .await
-                })
-                .await?;
-        }
+                }
+            })
+            .await?;
         Ok(())
     }
 
-    async fn invalidate_all(&self) -> Result<u64, CacheError> {
-        let keys = self.scan_keys(format!("{KEY_PREFIX}*")).await?;
-        self.delete_keys(keys).await
+    async fn invalidate_all(&self) -> InvalidateAllReport {
+        let mut report = InvalidateAllReport::default();
+        let mut cursor = "0".to_owned();
+        loop {
+            match self.invalidate_page(cursor).await {
+                Ok((next, deleted)) => {
+                    report.deleted += deleted;
+                    if next == "0" {
+                        report.complete = true;
+                        return report;
+                    }
+                    cursor = next;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, deleted = report.deleted,
+                        "invalidate-all stopped before the end of the keyspace");
+                    return report;
+                }
+            }
+        }
     }
 
     async fn ping(&self) -> Result<(), CacheError> {
         self.redis
-            .run("ping", |pool| async move {
-                use fred::prelude::ClientLike;
-                pool.ping::<()>(None).await
-            })
+            .run(
+                "ping",
+                |client| async move { client.ping::<()>(None).await },
+            )
             .await
     }
 }

@@ -1,9 +1,11 @@
 //! The feature-flag domain: validated names, flags, overrides and evaluation. No I/O here.
 
+mod audit;
 mod evaluation;
 mod names;
 mod time;
 
+pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter, AuditPage};
 pub use evaluation::{EvaluationContext, bucket, evaluate, evaluate_all};
 pub use names::{Environment, FlagKey, NameError, UserId};
 pub use time::Timestamp;

@@ -1,21 +1,33 @@
 //! The storage port and its two sqlx adapters: PostgreSQL (production) and SQLite (the
 //! embedded default for local runs). Both run the same SQL and the same contract tests.
+//!
+//! Every write is one transaction that commits the change, its audit row (contract §2.7) and a
+//! pending-invalidation record (§3.1) together; lookups that decide a write (does the flag exist,
+//! how many override changes this hour) happen inside that transaction, under a lock on the flag.
 
 mod sql;
 
 pub use sql::{PostgresStore, SqliteStore};
 
 use crate::domain::{
-    Environment, Flag, FlagKey, FlagPatch, NewFlag, NewOverride, OverridePage, UserOverride,
-    UserOverrides,
+    Actor, AuditFilter, AuditPage, Environment, Flag, FlagKey, FlagPatch, NewFlag, NewOverride,
+    OverridePage, UserOverride, UserOverrides,
 };
+use crate::rate_limit::{AuditWindow, RateLimited};
 use async_trait::async_trait;
+use serde_json::Value;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("a flag with this key already exists in this environment")]
     AlreadyExists,
+    #[error("the flag does not exist")]
+    FlagNotFound,
+    #[error("the user override does not exist")]
+    OverrideNotFound,
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
@@ -24,7 +36,40 @@ pub enum StoreError {
     UnsupportedUrl,
 }
 
-/// Where flags and overrides live. Every method is one short transaction or statement.
+/// The id of a pending-invalidation record: the environment's cache is owed an invalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PendingId(pub i64);
+
+/// A pending invalidation as the sweeper reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingInvalidation {
+    pub id: PendingId,
+    pub environment: String,
+}
+
+/// What a committed write returns: its result and the invalidation it still owes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed<T> {
+    pub value: T,
+    pub pending: PendingId,
+}
+
+/// How an override change is counted against the rate limit (contract §2.5) inside its
+/// transaction: `None` when a shared counter (Redis) already admitted it.
+pub type AuditLimit = Option<AuditWindow>;
+
+/// An audit row to record outside a change (e.g. `cache.invalidated`).
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub action: crate::domain::AuditAction,
+    pub environment: Option<Environment>,
+    pub flag_key: Option<FlagKey>,
+    pub actor: Option<Actor>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+/// Where flags, overrides, the audit log and pending invalidations live.
 #[async_trait]
 pub trait FlagStore: Send + Sync + std::fmt::Debug {
     /// `postgres` or `sqlite`, for logs and the health report.
@@ -36,24 +81,47 @@ pub trait FlagStore: Send + Sync + std::fmt::Debug {
     async fn list_flags(&self, env: &Environment) -> Result<Vec<Flag>, StoreError>;
     async fn get_flag(&self, env: &Environment, key: &FlagKey) -> Result<Option<Flag>, StoreError>;
     /// Fails with [`StoreError::AlreadyExists`] when the key is taken in this environment.
-    async fn create_flag(&self, env: &Environment, new: &NewFlag) -> Result<Flag, StoreError>;
-    /// Applies the set fields and bumps `updated_at`; `None` when the flag does not exist.
+    async fn create_flag(
+        &self,
+        env: &Environment,
+        new: &NewFlag,
+        actor: Option<&Actor>,
+    ) -> Result<Committed<Flag>, StoreError>;
+    /// Applies the set fields and bumps `updated_at`; [`StoreError::FlagNotFound`] when absent.
     async fn update_flag(
         &self,
         env: &Environment,
         key: &FlagKey,
         patch: &FlagPatch,
-    ) -> Result<Option<Flag>, StoreError>;
-    /// Deletes the flag and (by cascade) its overrides; `false` when it did not exist.
-    async fn delete_flag(&self, env: &Environment, key: &FlagKey) -> Result<bool, StoreError>;
+        actor: Option<&Actor>,
+    ) -> Result<Committed<Flag>, StoreError>;
+    /// Deletes the flag and (by cascade) its overrides; returns the deleted flag.
+    async fn delete_flag(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        actor: Option<&Actor>,
+    ) -> Result<Committed<Flag>, StoreError>;
 
-    /// Inserts or replaces the override of `new.user_id` on the flag.
+    /// Inserts or replaces the override of `new.user_id` on the flag. Order inside the
+    /// transaction: flag lookup (404), the audit-log count when `limit` is set (429), the change.
     async fn upsert_override(
         &self,
-        flag_id: Uuid,
+        env: &Environment,
+        key: &FlagKey,
         new: &NewOverride,
-    ) -> Result<UserOverride, StoreError>;
-    async fn delete_override(&self, flag_id: Uuid, user_id: &str) -> Result<bool, StoreError>;
+        actor: Option<&Actor>,
+        limit: AuditLimit,
+    ) -> Result<Committed<UserOverride>, StoreError>;
+    /// Same order as [`Self::upsert_override`]; [`StoreError::OverrideNotFound`] when absent.
+    async fn delete_override(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        user_id: &str,
+        actor: Option<&Actor>,
+        limit: AuditLimit,
+    ) -> Result<Committed<UserOverride>, StoreError>;
     /// One page of a flag's overrides, newest first, and the total count.
     async fn list_overrides(
         &self,
@@ -67,4 +135,27 @@ pub trait FlagStore: Send + Sync + std::fmt::Debug {
         env: &Environment,
         user_id: &str,
     ) -> Result<UserOverrides, StoreError>;
+
+    /// Records an audit row that belongs to no database change.
+    async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
+    /// One page of the audit log, newest first, and the total count.
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: u32,
+        offset: u64,
+    ) -> Result<AuditPage, StoreError>;
+
+    /// The oldest pending invalidations, at most `limit`.
+    async fn pending_invalidations(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<PendingInvalidation>, StoreError>;
+    /// Removes these records (the invalidation they stood for is done).
+    async fn clear_pending(&self, ids: &[PendingId]) -> Result<(), StoreError>;
+}
+
+/// The audit entry's JSON for a changed value.
+pub(crate) fn audit_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
 }

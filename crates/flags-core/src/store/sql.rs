@@ -1,11 +1,20 @@
 //! The PostgreSQL and SQLite adapters. The SQL is identical for both (`$n` placeholders,
-//! `ON CONFLICT`, `RETURNING` work in each), so one macro writes both impls; only pool set-up and
-//! migrations differ. Runtime-checked queries keep the build free of a database.
+//! `ON CONFLICT`, `RETURNING` work in each), so one macro writes both impls; only pool set-up,
+//! migrations and how a write transaction locks differ. Runtime-checked queries keep the build
+//! free of a database.
+//!
+//! A write transaction locks the flag it is about: `SELECT … FOR UPDATE` on PostgreSQL, and
+//! `BEGIN IMMEDIATE` (the database's single write lock, taken at the start) on SQLite. Writers
+//! to the same flag therefore run one after the other, so the existence check, the rate-limit
+//! count and the change cannot be interleaved with another writer's.
 
-use super::{FlagStore, StoreError};
+use super::{
+    AuditLimit, AuditRecord, Committed, FlagStore, PendingId, PendingInvalidation, StoreError,
+    audit_json,
+};
 use crate::domain::{
-    Environment, Flag, FlagKey, FlagPatch, NewFlag, NewOverride, OverridePage, OverrideType,
-    Timestamp, UserOverride, UserOverrides,
+    Actor, AuditAction, AuditEntry, AuditFilter, AuditPage, Environment, Flag, FlagKey, FlagPatch,
+    NewFlag, NewOverride, OverridePage, OverrideType, Timestamp, UserOverride, UserOverrides,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -84,6 +93,68 @@ fn map_unique_violation(error: sqlx::Error) -> StoreError {
     }
 }
 
+/// The flag lock makes this unreachable; should it ever happen, it is still a 404, not a 500.
+fn map_foreign_key_violation(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::FlagNotFound,
+        _ => StoreError::Database(error),
+    }
+}
+
+const OVERRIDE_COLUMNS: &str = "user_id, override_type, reason, created_by, created_at";
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    at: DateTime<Utc>,
+    action: String,
+    environment: Option<String>,
+    flag_key: Option<String>,
+    actor_sub: Option<String>,
+    actor_email: Option<String>,
+    before: Option<String>,
+    after: Option<String>,
+}
+
+impl From<AuditRow> for AuditEntry {
+    fn from(row: AuditRow) -> Self {
+        let json = |text: Option<String>| text.and_then(|t| serde_json::from_str(&t).ok());
+        AuditEntry {
+            id: row.id,
+            at: Timestamp::from_datetime(row.at),
+            action: row.action,
+            environment: row.environment,
+            flag_key: row.flag_key,
+            actor: row.actor_sub.map(|sub| Actor {
+                sub,
+                email: row.actor_email,
+            }),
+            before: json(row.before),
+            after: json(row.after),
+        }
+    }
+}
+
+/// The original service's structured audit line, written once the change has committed.
+fn log_audit(action: AuditAction, env: Option<&str>, key: Option<&str>, actor: Option<&Actor>) {
+    tracing::info!(
+        audit = action.as_str(),
+        environment = env,
+        flag_key = key,
+        actor = actor.map(|a| a.sub.as_str()),
+        "Audit event: {}",
+        action.as_str()
+    );
+}
+
+/// One `$n` placeholder per id, for `IN (...)`.
+fn placeholders(count: usize) -> String {
+    (1..=count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// PostgreSQL, the source of truth in production.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -139,7 +210,125 @@ static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 macro_rules! sql_flag_store {
-    ($store:ty, $backend:literal, $migrator:expr) => {
+    ($store:ty, $db:ty, $backend:literal, $migrator:expr, $begin:literal, $lock:literal) => {
+        impl $store {
+            /// Starts a write transaction (see the module docs for how it locks).
+            async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>, StoreError> {
+                Ok(self.pool.begin_with($begin).await?)
+            }
+
+            /// The flag, locked until the transaction ends.
+            async fn locked_flag(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                env: &Environment,
+                key: &FlagKey,
+            ) -> Result<Flag, StoreError> {
+                let sql = format!(
+                    "SELECT {FLAG_COLUMNS} FROM feature_flags WHERE environment = $1 AND flag_key = $2{}",
+                    $lock
+                );
+                let row: Option<FlagRow> = sqlx::query_as(&sql)
+                    .bind(env.as_str())
+                    .bind(key.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                row.map(Flag::from).ok_or(StoreError::FlagNotFound)
+            }
+
+            /// The rate limit from the audit log (contract §2.5): override changes of this flag
+            /// since the window started, counted under the flag's lock.
+            async fn check_audit_limit(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                env: &Environment,
+                key: &FlagKey,
+                limit: AuditLimit,
+            ) -> Result<(), StoreError> {
+                let Some(window) = limit else { return Ok(()) };
+                let changes: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM flag_audit_log \
+                     WHERE environment = $1 AND flag_key = $2 AND action IN ($3, $4) AND at >= $5",
+                )
+                .bind(env.as_str())
+                .bind(key.as_str())
+                .bind(AuditAction::OverrideUpserted.as_str())
+                .bind(AuditAction::OverrideDeleted.as_str())
+                .bind(window.start)
+                .fetch_one(&mut **tx)
+                .await?;
+                if changes >= i64::from(window.limit) {
+                    return Err(window.limited().into());
+                }
+                Ok(())
+            }
+
+            async fn insert_audit(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                record: &AuditRecord,
+            ) -> Result<(), StoreError> {
+                let text = |value: &Option<serde_json::Value>| value.as_ref().map(|v| v.to_string());
+                sqlx::query(
+                    "INSERT INTO flag_audit_log \
+                       (at, action, environment, flag_key, actor_sub, actor_email, before, after) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(Timestamp::now().as_datetime())
+                .bind(record.action.as_str())
+                .bind(record.environment.as_ref().map(Environment::as_str))
+                .bind(record.flag_key.as_ref().map(FlagKey::as_str))
+                .bind(record.actor.as_ref().map(|a| a.sub.as_str()))
+                .bind(record.actor.as_ref().and_then(|a| a.email.as_deref()))
+                .bind(text(&record.before))
+                .bind(text(&record.after))
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            /// Writes the audit row and the pending invalidation, then commits the transaction.
+            async fn commit_change<T>(
+                mut tx: sqlx::Transaction<'static, $db>,
+                record: AuditRecord,
+                value: T,
+            ) -> Result<Committed<T>, StoreError> {
+                Self::insert_audit(&mut tx, &record).await?;
+                let env = record.environment.as_ref().map_or("", Environment::as_str);
+                let pending: i64 = sqlx::query_scalar(
+                    "INSERT INTO pending_invalidations (environment, created_at) VALUES ($1, $2) RETURNING id",
+                )
+                .bind(env)
+                .bind(Timestamp::now().as_datetime())
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                log_audit(
+                    record.action,
+                    Some(env),
+                    record.flag_key.as_ref().map(FlagKey::as_str),
+                    record.actor.as_ref(),
+                );
+                Ok(Committed {
+                    value,
+                    pending: PendingId(pending),
+                })
+            }
+
+            async fn find_override(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                flag_id: Uuid,
+                user_id: &str,
+            ) -> Result<Option<UserOverride>, StoreError> {
+                let sql = format!(
+                    "SELECT {OVERRIDE_COLUMNS} FROM feature_flag_user_overrides WHERE flag_id = $1 AND user_id = $2"
+                );
+                let row: Option<OverrideRow> = sqlx::query_as(&sql)
+                    .bind(flag_id)
+                    .bind(user_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                row.map(UserOverride::try_from).transpose()
+            }
+        }
+
         #[async_trait]
         impl FlagStore for $store {
             fn backend(&self) -> &'static str {
@@ -174,7 +363,13 @@ macro_rules! sql_flag_store {
                 Ok(row.map(Flag::from))
             }
 
-            async fn create_flag(&self, env: &Environment, new: &NewFlag) -> Result<Flag, StoreError> {
+            async fn create_flag(
+                &self,
+                env: &Environment,
+                new: &NewFlag,
+                actor: Option<&Actor>,
+            ) -> Result<Committed<Flag>, StoreError> {
+                let mut tx = self.begin_write().await?;
                 let now = Timestamp::now().as_datetime();
                 let sql = format!(
                     "INSERT INTO feature_flags ({FLAG_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
@@ -188,10 +383,19 @@ macro_rules! sql_flag_store {
                     .bind(new.rollout.get())
                     .bind(new.description.as_deref())
                     .bind(now)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *tx)
                     .await
                     .map_err(map_unique_violation)?;
-                Ok(row.into())
+                let flag = Flag::from(row);
+                let record = AuditRecord {
+                    action: AuditAction::FlagCreated,
+                    environment: Some(env.clone()),
+                    flag_key: Some(new.flag_key.clone()),
+                    actor: actor.cloned(),
+                    before: None,
+                    after: Some(audit_json(&flag)),
+                };
+                Self::commit_change(tx, record, flag).await
             }
 
             async fn update_flag(
@@ -199,68 +403,135 @@ macro_rules! sql_flag_store {
                 env: &Environment,
                 key: &FlagKey,
                 patch: &FlagPatch,
-            ) -> Result<Option<Flag>, StoreError> {
+                actor: Option<&Actor>,
+            ) -> Result<Committed<Flag>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let before = Self::locked_flag(&mut tx, env, key).await?;
                 let sql = format!(
                     "UPDATE feature_flags SET \
-                       enabled = COALESCE($3, enabled), \
-                       rollout_percentage = COALESCE($4, rollout_percentage), \
-                       description = CASE WHEN $5 THEN $6 ELSE description END, \
-                       updated_at = $7 \
-                     WHERE environment = $1 AND flag_key = $2 \
+                       enabled = COALESCE($2, enabled), \
+                       rollout_percentage = COALESCE($3, rollout_percentage), \
+                       description = CASE WHEN $4 THEN $5 ELSE description END, \
+                       updated_at = $6 \
+                     WHERE id = $1 \
                      RETURNING {FLAG_COLUMNS}"
                 );
-                let row: Option<FlagRow> = sqlx::query_as(&sql)
-                    .bind(env.as_str())
-                    .bind(key.as_str())
+                let row: FlagRow = sqlx::query_as(&sql)
+                    .bind(before.id)
                     .bind(patch.enabled)
                     .bind(patch.rollout.map(|r| r.get()))
                     .bind(patch.description.is_some())
                     .bind(patch.description.clone().flatten())
                     .bind(Timestamp::now().as_datetime())
-                    .fetch_optional(&self.pool)
+                    .fetch_one(&mut *tx)
                     .await?;
-                Ok(row.map(Flag::from))
+                let after = Flag::from(row);
+                let record = AuditRecord {
+                    action: AuditAction::FlagUpdated,
+                    environment: Some(env.clone()),
+                    flag_key: Some(key.clone()),
+                    actor: actor.cloned(),
+                    before: Some(audit_json(&before)),
+                    after: Some(audit_json(&after)),
+                };
+                Self::commit_change(tx, record, after).await
             }
 
-            async fn delete_flag(&self, env: &Environment, key: &FlagKey) -> Result<bool, StoreError> {
-                let result = sqlx::query("DELETE FROM feature_flags WHERE environment = $1 AND flag_key = $2")
-                    .bind(env.as_str())
-                    .bind(key.as_str())
-                    .execute(&self.pool)
+            async fn delete_flag(
+                &self,
+                env: &Environment,
+                key: &FlagKey,
+                actor: Option<&Actor>,
+            ) -> Result<Committed<Flag>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let before = Self::locked_flag(&mut tx, env, key).await?;
+                sqlx::query("DELETE FROM feature_flags WHERE id = $1")
+                    .bind(before.id)
+                    .execute(&mut *tx)
                     .await?;
-                Ok(result.rows_affected() > 0)
+                let record = AuditRecord {
+                    action: AuditAction::FlagDeleted,
+                    environment: Some(env.clone()),
+                    flag_key: Some(key.clone()),
+                    actor: actor.cloned(),
+                    before: Some(audit_json(&before)),
+                    after: None,
+                };
+                Self::commit_change(tx, record, before).await
             }
 
-            async fn upsert_override(&self, flag_id: Uuid, new: &NewOverride) -> Result<UserOverride, StoreError> {
-                let row: OverrideRow = sqlx::query_as(
+            async fn upsert_override(
+                &self,
+                env: &Environment,
+                key: &FlagKey,
+                new: &NewOverride,
+                actor: Option<&Actor>,
+                limit: AuditLimit,
+            ) -> Result<Committed<UserOverride>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let flag = Self::locked_flag(&mut tx, env, key).await?;
+                Self::check_audit_limit(&mut tx, env, key, limit).await?;
+                let before = Self::find_override(&mut tx, flag.id, new.user_id.as_str()).await?;
+                let sql = format!(
                     "INSERT INTO feature_flag_user_overrides \
                        (id, flag_id, user_id, override_type, reason, created_by, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7) \
                      ON CONFLICT (flag_id, user_id) DO UPDATE SET \
                        override_type = excluded.override_type, reason = excluded.reason, \
                        created_by = excluded.created_by, created_at = excluded.created_at \
-                     RETURNING user_id, override_type, reason, created_by, created_at",
-                )
-                .bind(Uuid::new_v4())
-                .bind(flag_id)
-                .bind(new.user_id.as_str())
-                .bind(new.override_type.as_str())
-                .bind(new.reason.as_deref())
-                .bind(new.created_by.as_deref())
-                .bind(Timestamp::now().as_datetime())
-                .fetch_one(&self.pool)
-                .await?;
-                row.try_into()
+                     RETURNING {OVERRIDE_COLUMNS}"
+                );
+                let row: OverrideRow = sqlx::query_as(&sql)
+                    .bind(Uuid::new_v4())
+                    .bind(flag.id)
+                    .bind(new.user_id.as_str())
+                    .bind(new.override_type.as_str())
+                    .bind(new.reason.as_deref())
+                    .bind(new.created_by.as_deref())
+                    .bind(Timestamp::now().as_datetime())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_foreign_key_violation)?;
+                let saved = UserOverride::try_from(row)?;
+                let record = AuditRecord {
+                    action: AuditAction::OverrideUpserted,
+                    environment: Some(env.clone()),
+                    flag_key: Some(key.clone()),
+                    actor: actor.cloned(),
+                    before: before.as_ref().map(audit_json),
+                    after: Some(audit_json(&saved)),
+                };
+                Self::commit_change(tx, record, saved).await
             }
 
-            async fn delete_override(&self, flag_id: Uuid, user_id: &str) -> Result<bool, StoreError> {
-                let result =
-                    sqlx::query("DELETE FROM feature_flag_user_overrides WHERE flag_id = $1 AND user_id = $2")
-                        .bind(flag_id)
-                        .bind(user_id)
-                        .execute(&self.pool)
-                        .await?;
-                Ok(result.rows_affected() > 0)
+            async fn delete_override(
+                &self,
+                env: &Environment,
+                key: &FlagKey,
+                user_id: &str,
+                actor: Option<&Actor>,
+                limit: AuditLimit,
+            ) -> Result<Committed<UserOverride>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let flag = Self::locked_flag(&mut tx, env, key).await?;
+                Self::check_audit_limit(&mut tx, env, key, limit).await?;
+                let before = Self::find_override(&mut tx, flag.id, user_id)
+                    .await?
+                    .ok_or(StoreError::OverrideNotFound)?;
+                sqlx::query("DELETE FROM feature_flag_user_overrides WHERE flag_id = $1 AND user_id = $2")
+                    .bind(flag.id)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let record = AuditRecord {
+                    action: AuditAction::OverrideDeleted,
+                    environment: Some(env.clone()),
+                    flag_key: Some(key.clone()),
+                    actor: actor.cloned(),
+                    before: Some(audit_json(&before)),
+                    after: None,
+                };
+                Self::commit_change(tx, record, before).await
             }
 
             async fn list_overrides(
@@ -275,16 +546,16 @@ macro_rules! sql_flag_store {
                     .fetch_one(&mut *tx)
                     .await?;
                 // `user_id` breaks ties so pages never overlap when timestamps are equal.
-                let rows: Vec<OverrideRow> = sqlx::query_as(
-                    "SELECT user_id, override_type, reason, created_by, created_at \
-                     FROM feature_flag_user_overrides WHERE flag_id = $1 \
-                     ORDER BY created_at DESC, user_id ASC LIMIT $2 OFFSET $3",
-                )
-                .bind(flag_id)
-                .bind(i64::from(limit))
-                .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-                .fetch_all(&mut *tx)
-                .await?;
+                let sql = format!(
+                    "SELECT {OVERRIDE_COLUMNS} FROM feature_flag_user_overrides WHERE flag_id = $1 \
+                     ORDER BY created_at DESC, user_id ASC LIMIT $2 OFFSET $3"
+                );
+                let rows: Vec<OverrideRow> = sqlx::query_as(&sql)
+                    .bind(flag_id)
+                    .bind(i64::from(limit))
+                    .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+                    .fetch_all(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 Ok(OverridePage {
                     overrides: rows.into_iter().map(UserOverride::try_from).collect::<Result<_, _>>()?,
@@ -306,9 +577,92 @@ macro_rules! sql_flag_store {
                     .map(|(key, kind)| Ok((key, parse_override_type(&kind)?)))
                     .collect()
             }
+
+            async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                Self::insert_audit(&mut tx, record).await?;
+                tx.commit().await?;
+                log_audit(
+                    record.action,
+                    record.environment.as_ref().map(Environment::as_str),
+                    record.flag_key.as_ref().map(FlagKey::as_str),
+                    record.actor.as_ref(),
+                );
+                Ok(())
+            }
+
+            async fn list_audit(
+                &self,
+                filter: &AuditFilter,
+                limit: u32,
+                offset: u64,
+            ) -> Result<AuditPage, StoreError> {
+                const WHERE: &str = "WHERE ($1 IS NULL OR environment = $1) AND ($2 IS NULL OR flag_key = $2)";
+                let mut tx = self.pool.begin().await?;
+                let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM flag_audit_log {WHERE}"))
+                    .bind(filter.environment.as_deref())
+                    .bind(filter.flag_key.as_deref())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+                    "SELECT id, at, action, environment, flag_key, actor_sub, actor_email, before, after \
+                     FROM flag_audit_log {WHERE} ORDER BY id DESC LIMIT $3 OFFSET $4"
+                ))
+                .bind(filter.environment.as_deref())
+                .bind(filter.flag_key.as_deref())
+                .bind(i64::from(limit))
+                .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(AuditPage {
+                    entries: rows.into_iter().map(AuditEntry::from).collect(),
+                    total: u64::try_from(total).unwrap_or_default(),
+                })
+            }
+
+            async fn pending_invalidations(&self, limit: u32) -> Result<Vec<PendingInvalidation>, StoreError> {
+                let rows: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT id, environment FROM pending_invalidations ORDER BY id LIMIT $1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, environment)| PendingInvalidation { id: PendingId(id), environment })
+                    .collect())
+            }
+
+            async fn clear_pending(&self, ids: &[PendingId]) -> Result<(), StoreError> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let sql = format!("DELETE FROM pending_invalidations WHERE id IN ({})", placeholders(ids.len()));
+                let mut query = sqlx::query(&sql);
+                for id in ids {
+                    query = query.bind(id.0);
+                }
+                query.execute(&self.pool).await?;
+                Ok(())
+            }
         }
     };
 }
 
-sql_flag_store!(PostgresStore, "postgres", POSTGRES_MIGRATOR);
-sql_flag_store!(SqliteStore, "sqlite", SQLITE_MIGRATOR);
+sql_flag_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    "postgres",
+    POSTGRES_MIGRATOR,
+    "BEGIN",
+    " FOR UPDATE"
+);
+sql_flag_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "sqlite",
+    SQLITE_MIGRATOR,
+    "BEGIN IMMEDIATE",
+    ""
+);

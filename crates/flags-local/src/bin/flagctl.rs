@@ -101,9 +101,12 @@ async fn serve(settings: LocalSettings) -> Result<(), String> {
     println!("  curl -H \"Authorization: Bearer $TOKEN\" http://{address}/admin/flags");
     println!();
     println!("  Ctrl-C stops the server.");
+    let background =
+        flags_local::server::spawn_background_work(context.service.clone(), settings.poll_interval);
     flags_local::server::serve(listener, context.clone(), shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
+    background.abort();
     if let Some(redis) = &context.redis {
         redis.quit().await;
     }
