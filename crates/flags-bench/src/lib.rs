@@ -15,6 +15,4 @@
 pub mod cache_events;
 pub mod fixtures;
 pub mod load;
-pub mod proxy;
-pub mod redis_server;
 pub mod stats;

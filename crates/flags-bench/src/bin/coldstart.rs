@@ -9,9 +9,9 @@
 
 use clap::Parser;
 use flags_bench::fixtures::{self, BoxError};
-use flags_bench::redis_server::{OwnedRedis, spare_port};
 use flags_bench::stats::{ms, percentile};
 use flags_core::domain::Environment;
+use flags_testkit::{OwnedRedis, free_port};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -81,7 +81,7 @@ async fn main() -> Result<(), BoxError> {
         return Err("local keys give a JWKS file".into());
     };
 
-    let port = spare_port()?;
+    let port = free_port()?;
     let mut emulator = Command::new(&args.emulator)
         .args([
             "lambda",
@@ -115,7 +115,7 @@ async fn main() -> Result<(), BoxError> {
         ("No `REDIS_URL` (in-memory cache, database read)", None),
         (
             "Redis unreachable (database read)",
-            Some(format!("redis://127.0.0.1:{}", spare_port()?)),
+            Some(format!("redis://127.0.0.1:{}", free_port()?)),
         ),
     ];
     let mut rows = Vec::new();

@@ -8,10 +8,10 @@
 use clap::Parser;
 use flags_bench::fixtures::{self, BoxError, CacheChoice, DATABASE_POOL_SIZE};
 use flags_bench::load::{self, LoadPlan, Workload};
-use flags_bench::redis_server::{OwnedRedis, client_count, spare_port};
 use flags_bench::stats::{Summary, ms};
 use flags_core::config::MAX_REDIS_POOL_SIZE;
 use flags_core::domain::Environment;
+use flags_testkit::{OwnedRedis, client_count, free_port};
 use sqlx::{ConnectOptions, Connection};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -83,7 +83,7 @@ async fn main() -> Result<(), BoxError> {
     fixtures::seed_flags(&sqlite_url, &env, args.flags).await?;
 
     let redis = OwnedRedis::start().await?;
-    let nothing_listens = format!("redis://127.0.0.1:{}", spare_port()?);
+    let nothing_listens = format!("redis://127.0.0.1:{}", free_port()?);
     let scenarios = [
         Scenario {
             name: "PostgreSQL + Redis (cache hits)",

@@ -1,21 +1,30 @@
-//! A Redis server owned by a benchmark run, on a spare port: it can be killed, restarted, frozen
-//! and demoted to a replica without touching the shared server on 6379.
+//! A Redis server owned by a test or a benchmark run, on a spare port: it can be killed,
+//! restarted, frozen and demoted to a replica without touching the shared server on 6379.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
+/// The server process is killed when this value is dropped (also when the test panics).
 #[derive(Debug)]
 pub struct OwnedRedis {
     pub port: u16,
     child: Option<Child>,
+    extra_args: Vec<String>,
 }
 
 impl OwnedRedis {
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with_args(&[]).await
+    }
+
+    /// Like [`Self::start`], with more `redis-server` arguments (kept for every restart), e.g.
+    /// `["--enable-debug-command", "local"]` to allow `DEBUG SLEEP` (off by default since 7.0).
+    pub async fn start_with_args(extra_args: &[&str]) -> std::io::Result<Self> {
         let mut redis = Self {
-            port: spare_port()?,
+            port: crate::free_port()?,
             child: None,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         redis.restart().await?;
         Ok(redis)
@@ -32,6 +41,7 @@ impl OwnedRedis {
         let child = Command::new("redis-server")
             .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no", "--maxclients", "1000"])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -116,11 +126,4 @@ pub async fn redis_cli(port: u16, args: &[&str]) -> std::io::Result<String> {
 pub async fn client_count(port: u16) -> std::io::Result<usize> {
     let list = redis_cli(port, &["CLIENT", "LIST"]).await?;
     Ok(list.lines().count().saturating_sub(1))
-}
-
-/// A port nothing listens on right now.
-pub fn spare_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

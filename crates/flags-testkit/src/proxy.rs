@@ -1,6 +1,7 @@
-//! A TCP proxy the fault suite controls, placed between the service and a server: it can cut
-//! every connection (and refuse new ones) or delay every response, without touching the server
-//! itself. This is how the suite cuts PostgreSQL off without stopping the shared server.
+//! A TCP proxy a test or the fault suite controls, placed between the service and a server: it
+//! can cut every connection (and refuse new ones) or delay every response, without touching the
+//! server itself. This is how the suite cuts PostgreSQL off without stopping the shared server,
+//! and how a test cuts one process off Redis while another keeps it.
 
 use bytes::Bytes;
 use std::net::SocketAddr;
