@@ -8,12 +8,14 @@ mod common;
 
 use common::{SpareRedis, redis_client, redis_url, unique_env};
 use flags_core::cache::{
-    CacheFill, FlagCache, Generation, Invalidation, RedisCache, decode_snapshot, overrides_key,
-    snapshot_key,
+    CacheFill, FlagCache, Generation, InvalidateAllReport, Invalidation, RedisCache,
+    decode_snapshot,
 };
 use flags_core::config::RedisSettings;
 use flags_core::domain::{Flag, FlagSet, OverrideType, Timestamp, UserOverrides};
-use flags_core::redis_client::RedisConnection;
+use flags_core::redis::{
+    RedisConnection, generation_key, overrides_epoch_key, overrides_key, snapshot_key,
+};
 use fred::prelude::{ClientLike, Expiration, KeysInterface};
 use std::time::Duration;
 
@@ -59,7 +61,7 @@ async fn ttl_is_set_by_redis_at_300_seconds() {
         cache
             .fill(
                 &env,
-                Generation(0),
+                Generation::default(),
                 CacheFill {
                     flags: Some(&flags),
                     overrides: None
@@ -81,7 +83,7 @@ async fn snapshot_round_trip_keeps_exact_timestamps() {
     cache
         .fill(
             &env,
-            Generation(0),
+            Generation::default(),
             CacheFill {
                 flags: Some(&flags),
                 overrides: None,
@@ -170,7 +172,7 @@ async fn empty_overrides_are_cached_negatively() {
     cache
         .fill(
             &env,
-            Generation(0),
+            Generation::default(),
             CacheFill {
                 flags: None,
                 overrides: Some(("user-1", &none)),
@@ -203,7 +205,7 @@ async fn environments_are_independent() {
     cache
         .fill(
             &a,
-            Generation(0),
+            Generation::default(),
             CacheFill {
                 flags: Some(&flags_a),
                 overrides: None,
@@ -214,7 +216,7 @@ async fn environments_are_independent() {
     cache
         .fill(
             &b,
-            Generation(0),
+            Generation::default(),
             CacheFill {
                 flags: Some(&flags_b),
                 overrides: None,
@@ -243,7 +245,7 @@ async fn a_garbage_generation_heals_and_invalidation_still_deletes() {
     for garbage in ["garbage", "-1", "007", "99999999999999999999", "hash"] {
         let env = unique_env();
         let flags = flag_set(env.as_str(), &[("a", 10)]);
-        let generation_key = flags_core::cache::generation_key(&env);
+        let generation_key = generation_key(&env);
         if garbage == "hash" {
             let _: fred::prelude::Value = raw
                 .custom(fred::cmd!("HSET"), vec![generation_key.as_str(), "f", "v"])
@@ -364,7 +366,7 @@ async fn user_invalidation_drops_only_that_user() {
         Some(inc.clone())
     );
     cache
-        .invalidate(&env, Invalidation::FlagsAndAllUsers)
+        .invalidate(&env, Invalidation::Environment)
         .await
         .unwrap();
     assert!(
@@ -401,8 +403,14 @@ async fn invalidate_all_scans_and_never_uses_keys() {
     raw.set::<(), _, _>("unrelated:key", "keep", None, None, false)
         .await
         .unwrap();
-    let deleted = cache.invalidate_all().await.unwrap();
-    assert_eq!(deleted, 1_201);
+    let report = cache.invalidate_all().await;
+    assert_eq!(
+        report,
+        InvalidateAllReport {
+            deleted: 1_201,
+            complete: true
+        }
+    );
     let remaining: Vec<String> = raw.custom(fred::cmd!("KEYS"), vec!["*"]).await.unwrap();
     assert_eq!(remaining, ["unrelated:key"]);
     let stats: String = raw
@@ -455,4 +463,206 @@ async fn concurrent_fills_and_reads_stay_consistent() {
         decode_snapshot(&raw, 0).is_some(),
         "the final value is a whole snapshot"
     );
+}
+
+/// Garbage under the overrides epoch: overrides are misses (never wrong), the next fill resets
+/// it, and the cache is usable again.
+#[tokio::test]
+async fn a_garbage_overrides_epoch_heals() {
+    let cache = cache().await;
+    let raw = redis_client(&redis_url()).await;
+    let env = unique_env();
+    let overrides: UserOverrides = [("a".to_owned(), OverrideType::Include)].into();
+    let fill = CacheFill {
+        flags: None,
+        overrides: Some(("u1", &overrides)),
+    };
+    raw.set::<(), _, _>(overrides_epoch_key(&env), "garbage", None, None, false)
+        .await
+        .unwrap();
+    let seen = cache.read(&env, Some("u1")).await.unwrap().generation;
+    assert_eq!(seen.overrides_epoch, None);
+    assert!(
+        !cache.fill(&env, seen, fill).await.unwrap(),
+        "refused, and reset"
+    );
+    let next = cache.read(&env, Some("u1")).await.unwrap().generation;
+    assert!(next.overrides_epoch.is_some());
+    assert!(cache.fill(&env, next, fill).await.unwrap());
+    assert_eq!(
+        cache.read(&env, Some("u1")).await.unwrap().overrides,
+        Some(overrides)
+    );
+}
+
+/// An environment invalidation retires every user's cached overrides with one epoch bump:
+/// values filled under the old epoch read as misses, whatever their TTL, and a payload in the
+/// original format (no epoch) is retired too.
+#[tokio::test]
+async fn an_environment_invalidation_retires_every_user_without_touching_their_keys() {
+    let cache = cache().await;
+    let raw = redis_client(&redis_url()).await;
+    let env = unique_env();
+    let overrides: UserOverrides = [("a".to_owned(), OverrideType::Exclude)].into();
+    for user in ["u1", "u2", "u3"] {
+        let generation = cache.read(&env, Some(user)).await.unwrap().generation;
+        let fill = CacheFill {
+            flags: None,
+            overrides: Some((user, &overrides)),
+        };
+        assert!(cache.fill(&env, generation, fill).await.unwrap());
+    }
+    raw.set::<(), _, _>(
+        overrides_key(&env, "original"),
+        r#"{"a":"exclude"}"#,
+        None,
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        cache.read(&env, Some("original")).await.unwrap().overrides,
+        Some(overrides.clone()),
+        "the original's format reads as epoch 0"
+    );
+    cache
+        .invalidate(&env, Invalidation::Environment)
+        .await
+        .unwrap();
+    for user in ["u1", "u2", "u3", "original"] {
+        assert!(
+            raw.exists::<bool, _>(overrides_key(&env, user))
+                .await
+                .unwrap(),
+            "{user}: the key is not touched (no scan)"
+        );
+        assert!(
+            cache
+                .read(&env, Some(user))
+                .await
+                .unwrap()
+                .overrides
+                .is_none(),
+            "{user}: retired"
+        );
+    }
+    // A user-scoped invalidation keeps the others.
+    let generation = cache.read(&env, Some("u1")).await.unwrap().generation;
+    for user in ["u1", "u2"] {
+        let fill = CacheFill {
+            flags: None,
+            overrides: Some((user, &overrides)),
+        };
+        assert!(cache.fill(&env, generation, fill).await.unwrap());
+    }
+    cache
+        .invalidate(&env, Invalidation::User("u1"))
+        .await
+        .unwrap();
+    assert!(
+        cache
+            .read(&env, Some("u1"))
+            .await
+            .unwrap()
+            .overrides
+            .is_none()
+    );
+    assert_eq!(
+        cache.read(&env, Some("u2")).await.unwrap().overrides,
+        Some(overrides)
+    );
+}
+
+/// With a million unrelated keys in Redis: invalidating an environment (a flag delete) sends no
+/// SCAN at all, and invalidate-all pages through the keyspace and reports exactly what it deleted.
+#[tokio::test]
+async fn a_million_unrelated_keys_cost_invalidation_nothing_and_invalidate_all_pages() {
+    let redis = SpareRedis::start();
+    let cache = cache_at(&redis.url(), 300).await;
+    let raw = redis_client(&redis.url()).await;
+    let _: String = raw
+        .custom(
+            fred::cmd!("DEBUG"),
+            vec!["POPULATE", "1000000", "unrelated"],
+        )
+        .await
+        .unwrap();
+    let env = unique_env();
+    let flags = flag_set(env.as_str(), &[("a", 10)]);
+    let overrides: UserOverrides = [("a".to_owned(), OverrideType::Include)].into();
+    for i in 0..250 {
+        let user = format!("user-{i}");
+        let generation = cache.read(&env, Some(&user)).await.unwrap().generation;
+        let fill = CacheFill {
+            flags: (i == 0).then_some(&flags),
+            overrides: Some((&user, &overrides)),
+        };
+        assert!(cache.fill(&env, generation, fill).await.unwrap());
+    }
+    let _: () = raw
+        .custom(fred::cmd!("CONFIG"), vec!["RESETSTAT"])
+        .await
+        .unwrap();
+
+    cache
+        .invalidate(&env, Invalidation::Environment)
+        .await
+        .unwrap();
+    let stats: String = raw
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap();
+    assert!(
+        !stats.contains("cmdstat_scan:"),
+        "no SCAN on the write path: {stats}"
+    );
+    assert!(
+        cache
+            .read(&env, Some("user-7"))
+            .await
+            .unwrap()
+            .overrides
+            .is_none()
+    );
+    assert!(cache.read(&env, None).await.unwrap().flags.is_none());
+
+    let report = cache.invalidate_all().await;
+    assert_eq!(
+        report,
+        InvalidateAllReport {
+            deleted: 250,
+            complete: true
+        },
+        "the 250 override keys (the snapshot went with the environment invalidation)"
+    );
+    let stats: String = raw
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap();
+    let scans: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(scans >= 1_000, "paged: {scans} SCAN calls of 1,000");
+    let size: u64 = raw
+        .custom(fred::cmd!("DBSIZE"), Vec::<String>::new())
+        .await
+        .unwrap();
+    // The unrelated keys, the counters of the environment: nothing else.
+    assert_eq!(size, 1_000_000 + 2);
+    raw.quit().await.unwrap();
+}
+
+/// Invalidate-all never claims keys it did not delete: with Redis gone it reports 0 and
+/// `complete: false`.
+#[tokio::test]
+async fn invalidate_all_against_a_dead_redis_reports_incomplete() {
+    let mut redis = SpareRedis::start();
+    let cache = cache_at(&redis.url(), 300).await;
+    redis.kill();
+    let report = cache.invalidate_all().await;
+    assert_eq!(report, InvalidateAllReport::default());
 }

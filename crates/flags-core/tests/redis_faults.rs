@@ -13,8 +13,8 @@ use common::{
     SpareRedis, as_dyn_store, eventually, new_flag, postgres_store, redis_client, unique_env,
 };
 use flags_core::FlagService;
-use flags_core::cache::snapshot_key;
 use flags_core::domain::Environment;
+use flags_core::redis::snapshot_key;
 use fred::prelude::{ClientLike, KeysInterface};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ async fn service_on(redis: &SpareRedis) -> (FlagService, Environment) {
     );
     let env = unique_env();
     service
-        .create_flag(&env, new_flag("resilient", true, 100))
+        .create_flag(&env, new_flag("resilient", true, 100), None)
         .await
         .unwrap();
     (service, env)
@@ -107,7 +107,7 @@ async fn frozen_redis_never_holds_a_call_past_the_command_timeout() {
     redis.freeze();
     // Writes too: the invalidation after a commit must not hang either.
     service
-        .create_flag(&env, new_flag("while-frozen", true, 0))
+        .create_flag(&env, new_flag("while-frozen", true, 0), None)
         .await
         .unwrap();
     let slowest = all_calls_succeed(&service, &env, 30).await;

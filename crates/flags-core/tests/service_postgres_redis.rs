@@ -9,8 +9,9 @@ mod common;
 
 use common::service::{PausingStore, redis_connection, service_with_memory, service_with_redis};
 use common::{as_dyn_store, key, new_flag, postgres_store, redis_client, redis_url, unique_env};
-use flags_core::cache::{CacheKind, snapshot_key};
+use flags_core::cache::CacheKind;
 use flags_core::domain::{FlagPatch, NewOverride, OverrideType, Rollout, UserId};
+use flags_core::redis::snapshot_key;
 use flags_core::service::{PageRequest, RedisStatus, ServiceError};
 use flags_core::store::FlagStore;
 use flags_core::{App, Config, FlagService};
@@ -38,7 +39,7 @@ async fn a_miss_reads_the_database_and_repopulates_before_returning() {
     let (service, store) = redis_service().await;
     let env = unique_env();
     service
-        .create_flag(&env, new_flag("a", true, 100))
+        .create_flag(&env, new_flag("a", true, 100), None)
         .await
         .unwrap();
     let raw = redis_client(&redis_url()).await;
@@ -58,7 +59,10 @@ async fn a_miss_reads_the_database_and_repopulates_before_returning() {
         enabled: Some(false),
         ..FlagPatch::default()
     };
-    store.update_flag(&env, &key("a"), &patch).await.unwrap();
+    store
+        .update_flag(&env, &key("a"), &patch, None)
+        .await
+        .unwrap();
     assert_eq!(
         service.evaluate_all(&env, Some("user-1")).await.unwrap()["a"],
         true,
@@ -71,7 +75,7 @@ async fn every_write_invalidates_what_it_changed() {
     let (service, _) = redis_service().await;
     let env = unique_env();
     service
-        .create_flag(&env, new_flag("f", true, 0))
+        .create_flag(&env, new_flag("f", true, 0), None)
         .await
         .unwrap();
     assert_eq!(
@@ -80,7 +84,7 @@ async fn every_write_invalidates_what_it_changed() {
     );
 
     service
-        .upsert_override(&env, &key("f"), include("alice"))
+        .upsert_override(&env, &key("f"), include("alice"), None)
         .await
         .unwrap();
     assert_eq!(
@@ -97,7 +101,10 @@ async fn every_write_invalidates_what_it_changed() {
         enabled: Some(false),
         ..FlagPatch::default()
     };
-    service.update_flag(&env, &key("f"), patch).await.unwrap();
+    service
+        .update_flag(&env, &key("f"), patch, None)
+        .await
+        .unwrap();
     assert_eq!(
         service.evaluate_all(&env, Some("alice")).await.unwrap()["f"],
         false,
@@ -107,10 +114,13 @@ async fn every_write_invalidates_what_it_changed() {
         enabled: Some(true),
         ..FlagPatch::default()
     };
-    service.update_flag(&env, &key("f"), patch).await.unwrap();
+    service
+        .update_flag(&env, &key("f"), patch, None)
+        .await
+        .unwrap();
 
     service
-        .delete_override(&env, &key("f"), "alice")
+        .delete_override(&env, &key("f"), "alice", None)
         .await
         .unwrap();
     assert_eq!(
@@ -120,14 +130,14 @@ async fn every_write_invalidates_what_it_changed() {
     );
 
     service
-        .upsert_override(&env, &key("f"), include("alice"))
+        .upsert_override(&env, &key("f"), include("alice"), None)
         .await
         .unwrap();
     assert_eq!(
         service.evaluate_all(&env, Some("alice")).await.unwrap()["f"],
         true
     );
-    service.delete_flag(&env, &key("f")).await.unwrap();
+    service.delete_flag(&env, &key("f"), None).await.unwrap();
     assert!(
         service
             .evaluate_all(&env, Some("alice"))
@@ -137,7 +147,7 @@ async fn every_write_invalidates_what_it_changed() {
         "flag deleted"
     );
     service
-        .create_flag(&env, new_flag("f", true, 0))
+        .create_flag(&env, new_flag("f", true, 0), None)
         .await
         .unwrap();
     assert_eq!(
@@ -147,17 +157,17 @@ async fn every_write_invalidates_what_it_changed() {
     );
 
     let error = service
-        .update_flag(&env, &key("nope"), FlagPatch::default())
+        .update_flag(&env, &key("nope"), FlagPatch::default(), None)
         .await
         .unwrap_err();
     assert!(matches!(error, ServiceError::FlagNotFound(k) if k == "nope"));
     let error = service
-        .delete_override(&env, &key("f"), "nobody")
+        .delete_override(&env, &key("f"), "nobody", None)
         .await
         .unwrap_err();
     assert!(matches!(error, ServiceError::OverrideNotFound(k) if k == "f"));
     let error = service
-        .create_flag(&env, new_flag("f", true, 0))
+        .create_flag(&env, new_flag("f", true, 0), None)
         .await
         .unwrap_err();
     assert!(matches!(error, ServiceError::AlreadyExists(k) if k == "f"));
@@ -174,22 +184,22 @@ async fn batch_and_single_evaluation_agree_with_overrides() {
         ("zero", true, 0),
     ] {
         service
-            .create_flag(&env, new_flag(name, enabled, rollout))
+            .create_flag(&env, new_flag(name, enabled, rollout), None)
             .await
             .unwrap();
     }
     service
-        .upsert_override(&env, &key("zero"), include("user-123"))
+        .upsert_override(&env, &key("zero"), include("user-123"), None)
         .await
         .unwrap();
     service
-        .upsert_override(&env, &key("off"), include("user-123"))
+        .upsert_override(&env, &key("off"), include("user-123"), None)
         .await
         .unwrap();
     let mut exclude = include("user-456");
     exclude.override_type = OverrideType::Exclude;
     service
-        .upsert_override(&env, &key("on"), exclude)
+        .upsert_override(&env, &key("on"), exclude, None)
         .await
         .unwrap();
     for user in [
@@ -220,7 +230,7 @@ async fn assert_no_stale_repopulation(make: impl Fn(Arc<dyn FlagStore>) -> FlagS
     let service = Arc::new(make(pausing.clone()));
     let env = unique_env();
     service
-        .create_flag(&env, new_flag("race", true, 100))
+        .create_flag(&env, new_flag("race", true, 100), None)
         .await
         .unwrap();
 
@@ -235,7 +245,7 @@ async fn assert_no_stale_repopulation(make: impl Fn(Arc<dyn FlagStore>) -> FlagS
         ..FlagPatch::default()
     };
     service
-        .update_flag(&env, &key("race"), patch)
+        .update_flag(&env, &key("race"), patch, None)
         .await
         .unwrap(); // commit + invalidate
     pausing.resume.notify_one(); // now the reader tries to fill
@@ -270,7 +280,7 @@ async fn garbage_in_redis_is_answered_from_the_database_and_repaired() {
     let (service, _) = redis_service().await;
     let env = unique_env();
     service
-        .create_flag(&env, new_flag("g", true, 100))
+        .create_flag(&env, new_flag("g", true, 100), None)
         .await
         .unwrap();
     let raw = redis_client(&redis_url()).await;
@@ -303,23 +313,23 @@ async fn the_override_rate_limit_is_shared_between_instances() {
     );
     let env = unique_env();
     first
-        .create_flag(&env, new_flag("limited", true, 0))
+        .create_flag(&env, new_flag("limited", true, 0), None)
         .await
         .unwrap();
     first
-        .upsert_override(&env, &key("limited"), include("u1"))
+        .upsert_override(&env, &key("limited"), include("u1"), None)
         .await
         .unwrap();
     second
-        .upsert_override(&env, &key("limited"), include("u2"))
+        .upsert_override(&env, &key("limited"), include("u2"), None)
         .await
         .unwrap();
     first
-        .delete_override(&env, &key("limited"), "u1")
+        .delete_override(&env, &key("limited"), "u1", None)
         .await
         .unwrap();
     let error = second
-        .upsert_override(&env, &key("limited"), include("u3"))
+        .upsert_override(&env, &key("limited"), include("u3"), None)
         .await
         .unwrap_err();
     let ServiceError::RateLimited(limited) = error else {
@@ -328,7 +338,7 @@ async fn the_override_rate_limit_is_shared_between_instances() {
     assert!((1..=3600).contains(&limited.retry_after_secs));
     // A missing flag is a 404 before the limit is counted.
     let error = second
-        .upsert_override(&env, &key("absent"), include("u3"))
+        .upsert_override(&env, &key("absent"), include("u3"), None)
         .await
         .unwrap_err();
     assert!(matches!(error, ServiceError::FlagNotFound(_)));
@@ -339,12 +349,12 @@ async fn override_listing_pages_newest_first() {
     let (service, _) = redis_service().await;
     let env = unique_env();
     service
-        .create_flag(&env, new_flag("p", true, 0))
+        .create_flag(&env, new_flag("p", true, 0), None)
         .await
         .unwrap();
     for i in 0..5 {
         service
-            .upsert_override(&env, &key("p"), include(&format!("u{i}")))
+            .upsert_override(&env, &key("p"), include(&format!("u{i}")), None)
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;
@@ -411,7 +421,7 @@ async fn redis_unreachable_at_start_still_serves_from_the_database() {
     let service = service_with_redis(store, redis, 100);
     let env = unique_env();
     service
-        .create_flag(&env, new_flag("db-only", true, 100))
+        .create_flag(&env, new_flag("db-only", true, 100), None)
         .await
         .unwrap();
     assert_eq!(
@@ -425,10 +435,11 @@ async fn redis_unreachable_at_start_still_serves_from_the_database() {
         (health.redis, health.cache, health.database_up),
         (RedisStatus::Down, None, true)
     );
+    let report = service.invalidate_all(None).await.unwrap();
     assert_eq!(
-        service.invalidate_all().await,
-        0,
-        "invalidate-all degrades to 0 keys"
+        (report.deleted, report.complete),
+        (0, false),
+        "invalidate-all degrades to 0 keys and says it is incomplete"
     );
     let rollout = FlagPatch {
         rollout: Rollout::new(5),
@@ -436,7 +447,7 @@ async fn redis_unreachable_at_start_still_serves_from_the_database() {
     };
     assert_eq!(
         service
-            .update_flag(&env, &key("db-only"), rollout)
+            .update_flag(&env, &key("db-only"), rollout, None)
             .await
             .unwrap()
             .rollout_percentage,

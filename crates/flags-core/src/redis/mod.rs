@@ -364,8 +364,13 @@ impl CircuitBreaker {
 mod tests {
     use super::*;
 
+    /// A breaker whose clock started a while ago, so that "now" is well past 0.
     fn breaker() -> CircuitBreaker {
-        CircuitBreaker::new(Duration::from_secs(1))
+        let mut breaker = CircuitBreaker::new(Duration::from_secs(1));
+        breaker.epoch = Instant::now()
+            .checked_sub(Duration::from_secs(60))
+            .unwrap_or(breaker.epoch);
+        breaker
     }
 
     #[test]

@@ -139,6 +139,9 @@ impl SpareRedis {
                 "",
                 "--appendonly",
                 "no",
+                // DEBUG POPULATE fills a test's server with a million keys in a second.
+                "--enable-debug-command",
+                "local",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -6,14 +6,15 @@ use flags_core::FlagService;
 use flags_core::cache::{FlagCache, MemoryCache, RedisCache};
 use flags_core::config::RedisSettings;
 use flags_core::domain::{
-    Environment, Flag, FlagKey, FlagPatch, NewFlag, NewOverride, OverridePage, UserOverride,
-    UserOverrides,
+    Actor, AuditFilter, AuditPage, Environment, Flag, FlagKey, FlagPatch, NewFlag, NewOverride,
+    OverridePage, UserOverride, UserOverrides,
 };
 use flags_core::rate_limit::{DEFAULT_WINDOW, OverrideRateLimiter};
-use flags_core::redis_client::RedisConnection;
-use flags_core::store::{FlagStore, StoreError};
+use flags_core::redis::RedisConnection;
+use flags_core::store::{
+    AuditLimit, AuditRecord, Committed, FlagStore, PendingId, PendingInvalidation, StoreError,
+};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -49,12 +50,19 @@ pub fn service_with_memory(store: Arc<dyn FlagStore>) -> FlagService {
     )
 }
 
-/// Delegates to a real store; when armed, `list_flags` returns only after the test says so,
+/// Which read a [`PausingStore`] holds back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseAt {
+    ListFlags,
+    UserOverrides,
+}
+
+/// Delegates to a real store; when armed, the chosen read returns only after the test says so,
 /// which lets a test put a write between a reader's database load and its cache fill.
 #[derive(Debug)]
 pub struct PausingStore {
     pub inner: Arc<dyn FlagStore>,
-    armed: AtomicBool,
+    armed: std::sync::Mutex<Option<PauseAt>>,
     pub loaded: Notify,
     pub resume: Notify,
 }
@@ -63,14 +71,35 @@ impl PausingStore {
     pub fn new(inner: Arc<dyn FlagStore>) -> Self {
         Self {
             inner,
-            armed: AtomicBool::new(false),
+            armed: std::sync::Mutex::new(None),
             loaded: Notify::new(),
             resume: Notify::new(),
         }
     }
 
+    /// Holds back the next `list_flags`.
     pub fn arm(&self) {
-        self.armed.store(true, Ordering::SeqCst);
+        self.arm_at(PauseAt::ListFlags);
+    }
+
+    pub fn arm_at(&self, at: PauseAt) {
+        *self.armed.lock().unwrap() = Some(at);
+    }
+
+    async fn maybe_pause(&self, at: PauseAt) {
+        let hit = {
+            let mut armed = self.armed.lock().unwrap();
+            if *armed == Some(at) {
+                *armed = None;
+                true
+            } else {
+                false
+            }
+        };
+        if hit {
+            self.loaded.notify_one();
+            self.resume.notified().await;
+        }
     }
 }
 
@@ -87,38 +116,60 @@ impl FlagStore for PausingStore {
     }
     async fn list_flags(&self, env: &Environment) -> Result<Vec<Flag>, StoreError> {
         let flags = self.inner.list_flags(env).await?;
-        if self.armed.swap(false, Ordering::SeqCst) {
-            self.loaded.notify_one();
-            self.resume.notified().await;
-        }
+        self.maybe_pause(PauseAt::ListFlags).await;
         Ok(flags)
     }
     async fn get_flag(&self, env: &Environment, key: &FlagKey) -> Result<Option<Flag>, StoreError> {
         self.inner.get_flag(env, key).await
     }
-    async fn create_flag(&self, env: &Environment, new: &NewFlag) -> Result<Flag, StoreError> {
-        self.inner.create_flag(env, new).await
+    async fn create_flag(
+        &self,
+        env: &Environment,
+        new: &NewFlag,
+        actor: Option<&Actor>,
+    ) -> Result<Committed<Flag>, StoreError> {
+        self.inner.create_flag(env, new, actor).await
     }
     async fn update_flag(
         &self,
         env: &Environment,
         key: &FlagKey,
         patch: &FlagPatch,
-    ) -> Result<Option<Flag>, StoreError> {
-        self.inner.update_flag(env, key, patch).await
+        actor: Option<&Actor>,
+    ) -> Result<Committed<Flag>, StoreError> {
+        self.inner.update_flag(env, key, patch, actor).await
     }
-    async fn delete_flag(&self, env: &Environment, key: &FlagKey) -> Result<bool, StoreError> {
-        self.inner.delete_flag(env, key).await
+    async fn delete_flag(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        actor: Option<&Actor>,
+    ) -> Result<Committed<Flag>, StoreError> {
+        self.inner.delete_flag(env, key, actor).await
     }
     async fn upsert_override(
         &self,
-        flag_id: Uuid,
+        env: &Environment,
+        key: &FlagKey,
         new: &NewOverride,
-    ) -> Result<UserOverride, StoreError> {
-        self.inner.upsert_override(flag_id, new).await
+        actor: Option<&Actor>,
+        limit: AuditLimit,
+    ) -> Result<Committed<UserOverride>, StoreError> {
+        self.inner
+            .upsert_override(env, key, new, actor, limit)
+            .await
     }
-    async fn delete_override(&self, flag_id: Uuid, user_id: &str) -> Result<bool, StoreError> {
-        self.inner.delete_override(flag_id, user_id).await
+    async fn delete_override(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        user_id: &str,
+        actor: Option<&Actor>,
+        limit: AuditLimit,
+    ) -> Result<Committed<UserOverride>, StoreError> {
+        self.inner
+            .delete_override(env, key, user_id, actor, limit)
+            .await
     }
     async fn list_overrides(
         &self,
@@ -133,6 +184,28 @@ impl FlagStore for PausingStore {
         env: &Environment,
         user_id: &str,
     ) -> Result<UserOverrides, StoreError> {
-        self.inner.user_overrides(env, user_id).await
+        let overrides = self.inner.user_overrides(env, user_id).await?;
+        self.maybe_pause(PauseAt::UserOverrides).await;
+        Ok(overrides)
+    }
+    async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.inner.record_audit(record).await
+    }
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: u32,
+        offset: u64,
+    ) -> Result<AuditPage, StoreError> {
+        self.inner.list_audit(filter, limit, offset).await
+    }
+    async fn pending_invalidations(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<PendingInvalidation>, StoreError> {
+        self.inner.pending_invalidations(limit).await
+    }
+    async fn clear_pending(&self, ids: &[PendingId]) -> Result<(), StoreError> {
+        self.inner.clear_pending(ids).await
     }
 }
