@@ -3,94 +3,24 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
+use common::server::Server;
 use common::{free_port, local_keys, redis_url, seeded_postgres_url, unique};
-use flags_api::{AppContext, Route};
+use flags_api::Route;
 use flags_core::Config;
-use flags_local::keys::{LOCAL_ISSUER, LocalKeys};
+use flags_local::keys::LOCAL_ISSUER;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::sync::Arc;
 
-struct Server {
-    base: String,
-    keys: LocalKeys,
-    client: reqwest::Client,
-    admin: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
+/// A server over a fresh schema and Redis database `redis_db` (one per test).
+async fn start(redis_db: u8) -> Server {
+    start_with(redis_db, |_| {}).await
 }
 
-impl Server {
-    /// A server over a fresh schema and Redis database `redis_db` (one per test).
-    async fn start(redis_db: u8) -> Self {
-        Self::start_with(redis_db, |_| {}).await
-    }
-
-    async fn start_with(redis_db: u8, adjust: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::new(seeded_postgres_url().await, Some(redis_url(redis_db).await));
-        config.database_pool_size = 5;
-        adjust(&mut config);
-        Self::start_config(config).await
-    }
-
-    async fn start_config(config: Config) -> Self {
-        let keys = local_keys();
-        let context = Arc::new(AppContext::new(&config, &keys.auth_config()).await.unwrap());
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(flags_local::server::serve(listener, context, async move {
-            let _ = stopped.await;
-        }));
-        let admin = keys.mint("admin-1", &["admin".to_owned()], 600).unwrap();
-        Self {
-            base,
-            keys,
-            client: reqwest::Client::new(),
-            admin,
-            _stop: stop,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_owned());
-        }
-        let response = request.send().await.unwrap();
-        let (status, headers) = (response.status(), response.headers().clone());
-        let text = response.text().await.unwrap();
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, json, headers)
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let (status, body, _) = self.call(Method::GET, path, token, None).await;
-        (status, body)
-    }
-
-    async fn admin(&self, method: Method, path: &str, body: Option<&str>) -> (StatusCode, Value) {
-        let (status, body, _) = self
-            .call(method, path, Some(&self.admin.clone()), body)
-            .await;
-        (status, body)
-    }
+async fn start_with(redis_db: u8, adjust: impl FnOnce(&mut Config)) -> Server {
+    let mut config = Config::new(seeded_postgres_url().await, Some(redis_url(redis_db).await));
+    config.database_pool_size = 5;
+    adjust(&mut config);
+    Server::start_config(config).await
 }
 
 fn validation_field(body: &Value, field: &str) -> Vec<String> {
@@ -113,7 +43,7 @@ fn form_errors(body: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn public_routes() {
-    let server = Server::start(2).await;
+    let server = start(2).await;
     let (status, flags) = server.get("/config/flags", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(flags["wishlist-gallery"], true);
@@ -195,7 +125,7 @@ async fn public_routes() {
 
 #[tokio::test]
 async fn invalid_environment_names_are_400_on_every_route() {
-    let server = Server::start(3).await;
+    let server = start(3).await;
     for env in [
         "PROD",
         "a_b",
@@ -236,7 +166,7 @@ async fn invalid_environment_names_are_400_on_every_route() {
 
 #[tokio::test]
 async fn every_admin_route_rejects_bad_tokens() {
-    let server = Server::start(4).await;
+    let server = start(4).await;
     let keys = &server.keys;
     let admin = vec!["admin".to_owned()];
     let cases: Vec<(Option<String>, StatusCode, &str)> = vec![
@@ -327,7 +257,7 @@ async fn every_admin_route_rejects_bad_tokens() {
 
 #[tokio::test]
 async fn flag_lifecycle_and_validation() {
-    let server = Server::start(5).await;
+    let server = start(5).await;
     let env = unique("e");
     let q = format!("?environment={env}");
     let flags = |s: &'static str| format!("/admin/flags{s}");
@@ -555,7 +485,7 @@ fn created_at(listed: &Value) -> Value {
 
 #[tokio::test]
 async fn overrides_routes() {
-    let server = Server::start(6).await;
+    let server = start(6).await;
     let users = "/admin/flags/wishlist-got-it/users";
     let token = server.keys.mint("user-9", &[], 600).unwrap();
     assert_eq!(
@@ -727,7 +657,7 @@ async fn overrides_routes() {
 
 #[tokio::test]
 async fn override_changes_are_rate_limited_with_retry_after() {
-    let server = Server::start_with(7, |config| config.override_rate_limit = 3).await;
+    let server = start_with(7, |config| config.override_rate_limit = 3).await;
     let users = format!(
         "/admin/flags/wishlist-gallery/users?environment={}",
         "development"
@@ -774,13 +704,25 @@ async fn override_changes_are_rate_limited_with_retry_after() {
 
 #[tokio::test]
 async fn cache_invalidation_route() {
-    let server = Server::start(8).await;
+    let server = start(8).await;
     server.get("/config/flags", None).await; // fills the cache
     let (status, body) = server
         .admin(Method::POST, "/admin/cache/invalidate", None)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(body["invalidatedKeys"].as_u64().unwrap() >= 1, "{body}");
+    assert_eq!(body["complete"], true, "Redis answered every page: {body}");
+    let (status, again) = server
+        .admin(Method::POST, "/admin/cache/invalidate", None)
+        .await;
+    assert_eq!(
+        (status, again),
+        (
+            StatusCode::OK,
+            json!({"invalidatedKeys": 0, "complete": true})
+        ),
+        "the count is exact: nothing was left to delete"
+    );
 }
 
 #[tokio::test]
@@ -810,7 +752,7 @@ async fn database_down_is_a_503_health_and_a_500_without_details() {
 
 #[tokio::test]
 async fn redis_down_still_answers_every_public_route() {
-    let server = Server::start_with(9, |config| {
+    let server = start_with(9, |config| {
         config.redis = Some(flags_core::config::RedisSettings::new(format!(
             "redis://127.0.0.1:{}",
             free_port()
@@ -837,6 +779,350 @@ async fn redis_down_still_answers_every_public_route() {
             .admin(Method::POST, "/admin/cache/invalidate", None)
             .await
             .1,
-        json!({"invalidatedKeys": 0})
+        json!({"invalidatedKeys": 0, "complete": false}),
+        "never reports success for keys it could not delete"
+    );
+}
+
+/// The audit entries of one listing, checked for the order the contract promises (newest first).
+fn audit_items(listing: &Value) -> Vec<Value> {
+    let items = listing["items"].as_array().unwrap().clone();
+    for pair in items.windows(2) {
+        assert!(
+            pair[0]["id"].as_i64().unwrap() > pair[1]["id"].as_i64().unwrap(),
+            "newest first: {listing}"
+        );
+        assert!(
+            pair[0]["at"].as_str().unwrap() >= pair[1]["at"].as_str().unwrap(),
+            "newest first: {listing}"
+        );
+    }
+    items
+}
+
+fn actions(items: &[Value]) -> Vec<&str> {
+    items
+        .iter()
+        .map(|i| i["action"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn audit_log_records_every_admin_write_once() {
+    let server = start(10).await;
+    let env = unique("e");
+    let audit = |query: &str| format!("/admin/audit?environment={env}{query}");
+    let flags = format!("/admin/flags?environment={env}");
+    let flag = |key: &str, rest: &str| format!("/admin/flags/{key}{rest}?environment={env}");
+
+    // Every kind of admin write, each answered 2xx.
+    let writes: Vec<(Method, String, Option<&str>, StatusCode)> = vec![
+        (
+            Method::POST,
+            flags.clone(),
+            Some(
+                r#"{"flagKey":"audited","enabled":true,"rolloutPercentage":100,"description":"d"}"#,
+            ),
+            StatusCode::CREATED,
+        ),
+        (
+            Method::POST,
+            flag("audited", ""),
+            Some(r#"{"enabled":false}"#),
+            StatusCode::OK,
+        ),
+        (
+            Method::POST,
+            flag("audited", "/users"),
+            Some(r#"{"userId":"user-1","overrideType":"include","reason":"beta"}"#),
+            StatusCode::CREATED,
+        ),
+        (
+            Method::POST,
+            flag("audited", "/users"),
+            Some(r#"{"userId":"user-1","overrideType":"exclude"}"#),
+            StatusCode::CREATED,
+        ),
+        (
+            Method::DELETE,
+            flag("audited", "/users/user-1"),
+            None,
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            Method::POST,
+            flags.clone(),
+            Some(r#"{"flagKey":"other"}"#),
+            StatusCode::CREATED,
+        ),
+        (
+            Method::DELETE,
+            flag("audited", ""),
+            None,
+            StatusCode::NO_CONTENT,
+        ),
+    ];
+    for (method, path, body, expected) in &writes {
+        let (status, response) = server.admin(method.clone(), path, *body).await;
+        assert_eq!(status, *expected, "{method} {path}: {response}");
+    }
+
+    // Failed writes (404, 409, 400) leave no row.
+    let failures: Vec<(Method, String, Option<&str>, StatusCode)> = vec![
+        (
+            Method::POST,
+            flags.clone(),
+            Some(r#"{"flagKey":"other"}"#),
+            StatusCode::CONFLICT,
+        ),
+        (
+            Method::POST,
+            flags.clone(),
+            Some(r#"{"flagKey":"x","rollout":5}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            flag("ghost", ""),
+            Some(r#"{"enabled":true}"#),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::POST,
+            flag("other", ""),
+            Some(r#"{"enabled":"yes"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::DELETE,
+            flag("ghost", ""),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::POST,
+            flag("ghost", "/users"),
+            Some(r#"{"userId":"u","overrideType":"include"}"#),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::POST,
+            flag("other", "/users"),
+            Some(r#"{"userId":"u","overrideType":"maybe"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::DELETE,
+            flag("other", "/users/nobody"),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (method, path, body, expected) in &failures {
+        let (status, response) = server.admin(method.clone(), path, *body).await;
+        assert_eq!(status, *expected, "{method} {path}: {response}");
+    }
+
+    let (status, listing) = server.admin(Method::GET, &audit(""), None).await;
+    assert_eq!(status, StatusCode::OK, "{listing}");
+    assert_eq!(
+        listing["pagination"],
+        json!({"page": 1, "pageSize": 50, "total": 7}),
+        "exactly one row per successful write, none for a failed one: {listing}"
+    );
+    let items = audit_items(&listing);
+    assert_eq!(
+        actions(&items),
+        [
+            "flag.deleted",
+            "flag.created",
+            "override.deleted",
+            "override.upserted",
+            "override.upserted",
+            "flag.updated",
+            "flag.created",
+        ],
+        "{listing}"
+    );
+    for item in &items {
+        assert_eq!(item["actor"], json!({"sub": "admin-1"}), "{item}");
+        assert_eq!(item["environment"], env.as_str(), "{item}");
+        assert!(item["at"].as_str().unwrap().ends_with('Z'), "{item}");
+    }
+    let [
+        deleted,
+        created_other,
+        override_deleted,
+        replaced,
+        included,
+        updated,
+        created,
+    ] = <[Value; 7]>::try_from(items.clone()).unwrap();
+    assert_eq!(created["flagKey"], "audited");
+    assert_eq!(created["before"], Value::Null);
+    assert_eq!(
+        (
+            created["after"]["flagKey"].clone(),
+            created["after"]["enabled"].clone(),
+            created["after"]["rolloutPercentage"].clone(),
+            created["after"]["description"].clone(),
+        ),
+        (json!("audited"), json!(true), json!(100), json!("d")),
+        "{created}"
+    );
+    assert_eq!(updated["before"]["enabled"], true, "{updated}");
+    assert_eq!(updated["after"]["enabled"], false, "{updated}");
+    assert_eq!(
+        updated["before"]["rolloutPercentage"], updated["after"]["rolloutPercentage"],
+        "a partial update keeps the other fields: {updated}"
+    );
+    assert_eq!(included["before"], Value::Null, "{included}");
+    assert_eq!(
+        (
+            included["after"]["userId"].clone(),
+            included["after"]["overrideType"].clone(),
+            included["after"]["reason"].clone(),
+            included["after"]["createdBy"].clone(),
+        ),
+        (
+            json!("user-1"),
+            json!("include"),
+            json!("beta"),
+            json!("admin-1")
+        ),
+        "{included}"
+    );
+    assert_eq!(
+        (
+            replaced["before"]["overrideType"].clone(),
+            replaced["after"]["overrideType"].clone()
+        ),
+        (json!("include"), json!("exclude")),
+        "an upsert that replaces records what it replaced: {replaced}"
+    );
+    assert_eq!(
+        override_deleted["before"]["overrideType"], "exclude",
+        "{override_deleted}"
+    );
+    assert_eq!(override_deleted["after"], Value::Null);
+    assert_eq!(created_other["flagKey"], "other");
+    assert_eq!(deleted["flagKey"], "audited");
+    assert_eq!(deleted["before"]["enabled"], false, "{deleted}");
+    assert_eq!(deleted["after"], Value::Null);
+
+    // Filters: one flag; another environment.
+    let (_, other) = server
+        .admin(Method::GET, &audit("&flagKey=other"), None)
+        .await;
+    assert_eq!(other["pagination"]["total"], 1, "{other}");
+    assert_eq!(actions(&audit_items(&other)), ["flag.created"]);
+    let (_, audited) = server
+        .admin(Method::GET, &audit("&flagKey=audited"), None)
+        .await;
+    assert_eq!(audited["pagination"]["total"], 6, "{audited}");
+    assert_eq!(
+        audit_items(&audited),
+        items[..1]
+            .iter()
+            .chain(&items[2..])
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    let (_, nothing) = server
+        .admin(Method::GET, &audit("&flagKey=never-written"), None)
+        .await;
+    assert_eq!(
+        nothing,
+        json!({"items": [], "pagination": {"page": 1, "pageSize": 50, "total": 0}})
+    );
+    let (_, development) = server
+        .admin(Method::GET, "/admin/audit?environment=development", None)
+        .await;
+    let seeded = audit_items(&development);
+    assert_eq!(
+        seeded.len(),
+        5,
+        "the seed created 5 flags there: {development}"
+    );
+    for item in &seeded {
+        assert_eq!(
+            (
+                item["environment"].clone(),
+                item["action"].clone(),
+                item["actor"].clone()
+            ),
+            (json!("development"), json!("flag.created"), Value::Null),
+            "the seed ran without an admin: {item}"
+        );
+    }
+
+    // Pages are slices of the same newest-first order.
+    for (page, range) in [(1, 0..3), (2, 3..6), (3, 6..7), (4, 7..7)] {
+        let (status, listing) = server
+            .admin(
+                Method::GET,
+                &audit(&format!("&page={page}&pageSize=3")),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            listing["pagination"],
+            json!({"page": page, "pageSize": 3, "total": 7})
+        );
+        assert_eq!(audit_items(&listing), items[range].to_vec(), "page {page}");
+    }
+    let (_, capped) = server
+        .admin(Method::GET, &audit("&pageSize=1000"), None)
+        .await;
+    assert_eq!(capped["pagination"]["pageSize"], 500);
+    for bad in ["page=0", "pageSize=abc", "environment=PROD", "flagKey=-bad"] {
+        let (status, response) = server
+            .admin(Method::GET, &format!("/admin/audit?{bad}"), None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {response}");
+    }
+
+    // Without `environment`: every environment, and the actions that span all of them.
+    let (status, _) = server
+        .admin(Method::POST, "/admin/cache/invalidate", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, everything) = server
+        .admin(Method::GET, "/admin/audit?pageSize=500", None)
+        .await;
+    let all = audit_items(&everything);
+    assert_eq!(
+        everything["pagination"]["total"],
+        7 + 10 + 1,
+        "this test's writes, the seed's 10 and the invalidation: {everything}"
+    );
+    assert_eq!(all[0]["action"], "cache.invalidated", "{everything}");
+    assert_eq!(all[0]["environment"], Value::Null);
+    assert_eq!(all[0]["actor"], json!({"sub": "admin-1"}));
+    assert_eq!(all[0]["after"]["complete"], true, "{}", all[0]);
+    assert_eq!(all[1..8].to_vec(), items, "{everything}");
+
+    // Admin only, like every other admin route.
+    let (status, body) = server.get("/admin/audit", None).await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "Unauthorized", "message": "Missing Authorization header"})
+        )
+    );
+    let (status, body) = server
+        .get(
+            "/admin/audit",
+            Some(&server.keys.mint("user-1", &[], 600).unwrap()),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::FORBIDDEN,
+            json!({"error": "Forbidden", "message": "Admin access required"})
+        )
     );
 }

@@ -2,6 +2,8 @@
 //! keys, and paths to the tools `make test` installs. Missing servers or tools fail loudly.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod server;
+
 use flags_core::Config;
 use flags_local::keys::LocalKeys;
 use sqlx::postgres::PgConnectOptions;
@@ -104,10 +106,18 @@ pub fn tool(env_var: &str, name: &str) -> PathBuf {
     path
 }
 
+/// A local port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    flags_testkit::free_port().unwrap()
+}
+
+/// The rows of `pending_invalidations` (contract §3.1) in the schema `database_url` names.
+pub async fn pending_invalidations(database_url: &str) -> i64 {
+    let mut connection = sqlx::PgConnection::connect(database_url).await.unwrap();
+    let count = sqlx::query_scalar("SELECT COUNT(*) FROM pending_invalidations")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+    count
 }
