@@ -72,17 +72,17 @@ impl App {
         );
         let service = Arc::new(FlagService::new(store, cache, limiter));
         if let Some(connection) = &redis {
-            tokio::spawn(sweep_when_reconnected(connection.clone(), service.clone()));
+            tokio::spawn(sweep_when_recovered(connection.clone(), service.clone()));
         }
         Ok(Self { service, redis })
     }
 }
 
-/// The instance whose Redis connection comes back completes what writers left pending while it
-/// was gone (contract §3.1), without waiting for the scheduled sweep.
-async fn sweep_when_reconnected(redis: RedisConnection, service: Arc<FlagService>) {
+/// The instance whose Redis comes back completes what writers left pending while it was gone
+/// (contract §3.1), without waiting for the scheduled sweep.
+async fn sweep_when_recovered(redis: RedisConnection, service: Arc<FlagService>) {
     loop {
-        redis.reconnected().await;
+        redis.recovered().await;
         if let Err(error) = service.sweep_pending_invalidations().await {
             tracing::warn!(error = %error, "sweep after reconnecting failed; the scheduled sweep retries");
         }

@@ -44,7 +44,7 @@ pub struct RedisConnection {
     breaker: Arc<CircuitBreaker>,
     command_timeout: Duration,
     safe_url: Arc<str>,
-    reconnected: Arc<Notify>,
+    recovered: Arc<Notify>,
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -92,8 +92,8 @@ impl RedisConnection {
             .build_pool(settings.pool_size.clamp(1, MAX_REDIS_POOL_SIZE))?;
 
         let safe_url: Arc<str> = redact_url(settings.url.expose()).into();
-        let reconnected = Arc::new(Notify::new());
-        watch_connection_events(&pool, safe_url.clone(), reconnected.clone());
+        let recovered = Arc::new(Notify::new());
+        watch_connection_events(&pool, safe_url.clone(), recovered.clone());
         // Spawns the connection tasks; does not wait for them.
         for client in pool.clients() {
             tokio::spawn(keep_connecting(client.clone()));
@@ -104,7 +104,7 @@ impl RedisConnection {
             breaker: Arc::new(CircuitBreaker::new(settings.command_timeout * 2)),
             command_timeout: settings.command_timeout,
             safe_url,
-            reconnected,
+            recovered,
         })
     }
 
@@ -125,10 +125,17 @@ impl RedisConnection {
         self.connected_client().is_some()
     }
 
-    /// Completes each time a connection comes up (at start and after every reconnect), so that
-    /// work owed to Redis can be finished by the instance whose connection recovered.
-    pub async fn reconnected(&self) {
-        self.reconnected.notified().await;
+    /// Completes each time Redis comes back: a connection up (at start, after a reconnect) or
+    /// the first success after failures (a freeze or a cut that fred never saw as a disconnect),
+    /// so that work owed to Redis is finished by the instance that can reach it again.
+    pub async fn recovered(&self) {
+        self.recovered.notified().await;
+    }
+
+    fn record_success(&self) {
+        if self.breaker.record_success() {
+            self.recovered.notify_one();
+        }
     }
 
     /// A client whose connection is up, round robin; `None` while every one is down. The
@@ -155,7 +162,7 @@ impl RedisConnection {
         };
         let result = self.attempt(op, self.command_timeout, f(client)).await;
         match &result {
-            Ok(_) => self.breaker.record_success(),
+            Ok(_) => self.record_success(),
             Err(_) => {
                 self.breaker.record_failure();
             }
@@ -190,7 +197,7 @@ impl RedisConnection {
             };
             match result {
                 Ok(value) => {
-                    self.breaker.record_success();
+                    self.record_success();
                     return Ok(value);
                 }
                 Err(error) if Instant::now() + pause >= deadline => {
@@ -339,11 +346,14 @@ impl CircuitBreaker {
         }
     }
 
-    pub fn record_success(&self) {
-        if self.consecutive_failures.swap(0, Ordering::AcqRel) > 0 {
+    /// Closes the breaker; returns whether it had failures (Redis has just come back).
+    pub fn record_success(&self) -> bool {
+        let was_failing = self.consecutive_failures.swap(0, Ordering::AcqRel) > 0;
+        if was_failing {
             tracing::info!("redis answering again; cache back in use");
         }
         self.open_until_ms.store(0, Ordering::Release);
+        was_failing
     }
 
     /// Returns the number of consecutive failures so far.

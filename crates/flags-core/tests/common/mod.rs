@@ -77,6 +77,18 @@ pub async fn postgres_store() -> Arc<PostgresStore> {
     Arc::new(store)
 }
 
+/// A fresh, migrated PostgreSQL schema, as a URL whose connections use it (for `App::build`).
+pub async fn postgres_schema_url() -> String {
+    let store = postgres_store().await;
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let base = database_url();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+}
+
 /// A SQLite store in a file of its own under the system temp folder, migrated.
 pub async fn sqlite_store() -> Arc<SqliteStore> {
     let path = std::env::temp_dir().join(format!("{}.db", unique("flags-test-")));
