@@ -7,18 +7,15 @@ use crate::auth::{optional_caller, require_admin};
 use crate::context::AppContext;
 use crate::routes::Route;
 use crate::validation::{
-    Fields, environment, flag_key_param, json_object, positive_query_int, user_id_param,
+    Fields, environment, flag_key_param, json_object, optional_query, page_request, user_id_param,
 };
 use flags_core::domain::{
     AuditFilter, Environment, Flag, FlagKey, FlagPatch, MAX_DESCRIPTION_CHARS, NewFlag,
     NewOverride, OverrideType, Rollout, UserId, UserOverride,
 };
-use flags_core::service::{PageRequest, RedisStatus};
+use flags_core::service::RedisStatus;
 use http::StatusCode;
 use serde_json::{Value, json};
-
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
-pub const MAX_PAGE_SIZE: u32 = 500;
 
 /// Handles one request for one route; never fails (errors are responses).
 pub async fn handle(ctx: &AppContext, route: Route, request: ApiRequest) -> ApiResponse {
@@ -284,19 +281,10 @@ async fn admin_list_overrides(
         environment(request, &mut errors),
         flag_key_param(request, &mut errors),
     );
-    let page = positive_query_int(request, "page", 1, &mut errors);
-    let page_size = positive_query_int(request, "pageSize", DEFAULT_PAGE_SIZE, &mut errors)
-        .map(|s| s.min(MAX_PAGE_SIZE));
+    let page = page_request(request, &mut errors);
     errors.into_result()?;
-    let (((env, key), page), page_size) = env
-        .zip(key)
-        .zip(page)
-        .zip(page_size)
-        .ok_or(ApiError::Internal)?;
-    let result = ctx
-        .service
-        .list_overrides(&env, &key, PageRequest { page, page_size })
-        .await?;
+    let ((env, key), page) = env.zip(key).zip(page).ok_or(ApiError::Internal)?;
+    let result = ctx.service.list_overrides(&env, &key, page).await?;
     let of_type = |kind: OverrideType| -> Vec<Value> {
         result
             .overrides
@@ -308,7 +296,7 @@ async fn admin_list_overrides(
     Ok(ApiResponse::ok(json!({
         "includes": of_type(OverrideType::Include),
         "excludes": of_type(OverrideType::Exclude),
-        "pagination": { "page": page, "pageSize": page_size, "total": result.total },
+        "pagination": { "page": page.page, "pageSize": page.page_size, "total": result.total },
     })))
 }
 
@@ -329,37 +317,18 @@ async fn admin_invalidate_cache(
 async fn admin_audit(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
     require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
-    let environment = request
-        .query_param("environment")
-        .filter(|e| !e.is_empty())
-        .and_then(|e| {
-            Environment::parse(e)
-                .map_err(|error| errors.add("environment", error.0))
-                .ok()
-        });
-    let flag_key = request
-        .query_param("flagKey")
-        .filter(|k| !k.is_empty())
-        .and_then(|k| {
-            FlagKey::parse(k)
-                .map_err(|error| errors.add("flagKey", error.0))
-                .ok()
-        });
-    let page = positive_query_int(request, "page", 1, &mut errors);
-    let page_size = positive_query_int(request, "pageSize", DEFAULT_PAGE_SIZE, &mut errors)
-        .map(|s| s.min(MAX_PAGE_SIZE));
+    let environment = optional_query(request, "environment", Environment::parse, &mut errors);
+    let flag_key = optional_query(request, "flagKey", FlagKey::parse, &mut errors);
+    let page = page_request(request, &mut errors);
     errors.into_result()?;
-    let (page, page_size) = page.zip(page_size).ok_or(ApiError::Internal)?;
+    let page = page.ok_or(ApiError::Internal)?;
     let filter = AuditFilter {
         environment: environment.map(|e| e.as_str().to_owned()),
         flag_key: flag_key.map(|k| k.as_str().to_owned()),
     };
-    let result = ctx
-        .service
-        .list_audit(&filter, PageRequest { page, page_size })
-        .await?;
+    let result = ctx.service.list_audit(&filter, page).await?;
     Ok(ApiResponse::ok(json!({
         "items": result.entries,
-        "pagination": { "page": page, "pageSize": page_size, "total": result.total },
+        "pagination": { "page": page.page, "pageSize": page.page_size, "total": result.total },
     })))
 }

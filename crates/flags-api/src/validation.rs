@@ -2,7 +2,11 @@
 //! problem of a request into one 400 instead of stopping at the first.
 
 use crate::api::{ApiError, ApiRequest, MAX_BODY_BYTES, ValidationErrors};
-use flags_core::domain::{Environment, FlagKey, UserId};
+use flags_core::domain::{Environment, FlagKey, NameError, UserId};
+use flags_core::service::PageRequest;
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 500;
 use serde_json::{Map, Value};
 
 fn type_name(value: &Value) -> &'static str {
@@ -198,6 +202,26 @@ pub fn user_id_param(request: &ApiRequest, errors: &mut ValidationErrors) -> Opt
     UserId::parse(request.path_param("userId").unwrap_or(""))
         .map_err(|e| errors.add("userId", e.0))
         .ok()
+}
+
+/// An optional query parameter checked by `parse`; absent or empty is `None`.
+pub fn optional_query<T>(
+    request: &ApiRequest,
+    name: &str,
+    parse: impl Fn(&str) -> Result<T, NameError>,
+    errors: &mut ValidationErrors,
+) -> Option<T> {
+    let raw = request.query_param(name).filter(|v| !v.is_empty())?;
+    parse(raw).map_err(|e| errors.add(name, e.0)).ok()
+}
+
+/// `page` (default 1) and `pageSize` (default 50, capped at 500): positive integers.
+pub fn page_request(request: &ApiRequest, errors: &mut ValidationErrors) -> Option<PageRequest> {
+    let page = positive_query_int(request, "page", 1, errors);
+    let page_size = positive_query_int(request, "pageSize", DEFAULT_PAGE_SIZE, errors)
+        .map(|s| s.min(MAX_PAGE_SIZE));
+    page.zip(page_size)
+        .map(|(page, page_size)| PageRequest { page, page_size })
 }
 
 /// A positive integer query parameter, `default` when absent.

@@ -69,6 +69,27 @@ pub struct AuditRecord {
     pub after: Option<Value>,
 }
 
+impl AuditRecord {
+    /// A change to one flag (or to one of its overrides) in one environment.
+    pub fn flag_change(
+        action: crate::domain::AuditAction,
+        env: &Environment,
+        key: &FlagKey,
+        actor: Option<&Actor>,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> Self {
+        Self {
+            action,
+            environment: Some(env.clone()),
+            flag_key: Some(key.clone()),
+            actor: actor.cloned(),
+            before,
+            after,
+        }
+    }
+}
+
 /// Where flags, overrides, the audit log and pending invalidations live.
 #[async_trait]
 pub trait FlagStore: Send + Sync + std::fmt::Debug {

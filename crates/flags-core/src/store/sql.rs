@@ -387,14 +387,7 @@ macro_rules! sql_flag_store {
                     .await
                     .map_err(map_unique_violation)?;
                 let flag = Flag::from(row);
-                let record = AuditRecord {
-                    action: AuditAction::FlagCreated,
-                    environment: Some(env.clone()),
-                    flag_key: Some(new.flag_key.clone()),
-                    actor: actor.cloned(),
-                    before: None,
-                    after: Some(audit_json(&flag)),
-                };
+                let record = AuditRecord::flag_change(AuditAction::FlagCreated, env, &new.flag_key, actor, None, Some(audit_json(&flag)));
                 Self::commit_change(tx, record, flag).await
             }
 
@@ -426,14 +419,7 @@ macro_rules! sql_flag_store {
                     .fetch_one(&mut *tx)
                     .await?;
                 let after = Flag::from(row);
-                let record = AuditRecord {
-                    action: AuditAction::FlagUpdated,
-                    environment: Some(env.clone()),
-                    flag_key: Some(key.clone()),
-                    actor: actor.cloned(),
-                    before: Some(audit_json(&before)),
-                    after: Some(audit_json(&after)),
-                };
+                let record = AuditRecord::flag_change(AuditAction::FlagUpdated, env, key, actor, Some(audit_json(&before)), Some(audit_json(&after)));
                 Self::commit_change(tx, record, after).await
             }
 
@@ -449,14 +435,7 @@ macro_rules! sql_flag_store {
                     .bind(before.id)
                     .execute(&mut *tx)
                     .await?;
-                let record = AuditRecord {
-                    action: AuditAction::FlagDeleted,
-                    environment: Some(env.clone()),
-                    flag_key: Some(key.clone()),
-                    actor: actor.cloned(),
-                    before: Some(audit_json(&before)),
-                    after: None,
-                };
+                let record = AuditRecord::flag_change(AuditAction::FlagDeleted, env, key, actor, Some(audit_json(&before)), None);
                 Self::commit_change(tx, record, before).await
             }
 
@@ -493,14 +472,7 @@ macro_rules! sql_flag_store {
                     .await
                     .map_err(map_foreign_key_violation)?;
                 let saved = UserOverride::try_from(row)?;
-                let record = AuditRecord {
-                    action: AuditAction::OverrideUpserted,
-                    environment: Some(env.clone()),
-                    flag_key: Some(key.clone()),
-                    actor: actor.cloned(),
-                    before: before.as_ref().map(audit_json),
-                    after: Some(audit_json(&saved)),
-                };
+                let record = AuditRecord::flag_change(AuditAction::OverrideUpserted, env, key, actor, before.as_ref().map(audit_json), Some(audit_json(&saved)));
                 Self::commit_change(tx, record, saved).await
             }
 
@@ -523,14 +495,7 @@ macro_rules! sql_flag_store {
                     .bind(user_id)
                     .execute(&mut *tx)
                     .await?;
-                let record = AuditRecord {
-                    action: AuditAction::OverrideDeleted,
-                    environment: Some(env.clone()),
-                    flag_key: Some(key.clone()),
-                    actor: actor.cloned(),
-                    before: Some(audit_json(&before)),
-                    after: None,
-                };
+                let record = AuditRecord::flag_change(AuditAction::OverrideDeleted, env, key, actor, Some(audit_json(&before)), None);
                 Self::commit_change(tx, record, before).await
             }
 
