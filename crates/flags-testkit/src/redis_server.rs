@@ -127,3 +127,54 @@ pub async fn client_count(port: u16) -> std::io::Result<usize> {
     let list = redis_cli(port, &["CLIENT", "LIST"]).await?;
     Ok(list.lines().count().saturating_sub(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// `PING` on a raw connection, answered within `limit`?
+    async fn pong_within(port: u16, limit: Duration) -> bool {
+        let attempt = async {
+            let mut socket = TcpStream::connect(("127.0.0.1", port)).await?;
+            socket.write_all(b"PING\r\n").await?;
+            let mut reply = [0u8; 7];
+            socket.read_exact(&mut reply).await?;
+            Ok::<_, std::io::Error>(&reply == b"+PONG\r\n")
+        };
+        matches!(tokio::time::timeout(limit, attempt).await, Ok(Ok(true)))
+    }
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn starts_freezes_thaws_kills_and_restarts() {
+        let mut redis = OwnedRedis::start_with_args(&["--enable-debug-command", "local"])
+            .await
+            .unwrap();
+        assert_eq!(redis.url(), format!("redis://127.0.0.1:{}", redis.port));
+        assert_eq!(redis.cli(&["SET", "k", "v"]).await.unwrap().trim(), "OK");
+        let limit = Duration::from_millis(300);
+        assert!(pong_within(redis.port, limit).await);
+
+        redis.freeze().await;
+        assert!(!pong_within(redis.port, limit).await, "frozen: no answer");
+        redis.thaw().await;
+        assert!(pong_within(redis.port, limit).await, "thawed: answers again");
+
+        redis.kill().await;
+        assert!(!pong_within(redis.port, limit).await, "killed");
+        redis.restart().await.unwrap();
+        assert_eq!(
+            redis.cli(&["EXISTS", "k"]).await.unwrap().trim(),
+            "0",
+            "restarted empty, on the same port"
+        );
+        assert_eq!(
+            redis.cli(&["DEBUG", "SLEEP", "0"]).await.unwrap().trim(),
+            "OK",
+            "the extra arguments are kept across restarts"
+        );
+        assert!(client_count(redis.port).await.unwrap() <= 1);
+    }
+}
