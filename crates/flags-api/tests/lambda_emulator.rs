@@ -1,16 +1,25 @@
 //! The real release Lambda binaries under a Lambda runtime emulator (`cargo lambda watch
-//! --only-lambda-apis`), fed the API Gateway events in `events/`: with Redis up, with Redis
-//! down, without `REDIS_URL`, and with the URLs in a local SSM emulator (AC5, AC16). Cargo builds
+//! --only-lambda-apis`), fed the events in `events/`: every route function with Redis up, with
+//! Redis down, without `REDIS_URL`, and with the URLs in a local SSM emulator (AC5, AC16); the
+//! scheduled `sweep-invalidations` function in the same three cases (contract §3.1). Cargo builds
 //! the binaries for this test in the test's own profile: `make test` runs it with `--release`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// The end-to-end helpers are shared with the local server's tests.
-#[path = "../../flags-local/tests/common/mod.rs"]
-mod common;
+mod support;
 
-use common::{free_port, local_keys, redis_url, seeded_postgres_url, tool, workspace_root};
-use serde_json::Value;
+use fred::prelude::KeysInterface;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{
+    free_port, insert_pending, local_keys, pending_rows, redis_client, redis_url,
+    seeded_postgres_url, tool, unique, workspace_root,
+};
+
+/// The admin of the events' authorizer claims (`events/admin-*.json`).
+const ADMIN_SUB: &str = "a1b2c3d4-0000-1111-2222-admin0000001";
 
 /// Kills the process when dropped, so a failing assertion leaves nothing running.
 struct Running(Child);
@@ -47,6 +56,8 @@ fn release_binary(function: &str) -> &'static str {
         "admin-delete-override" => env!("CARGO_BIN_EXE_admin-delete-override"),
         "admin-list-overrides" => env!("CARGO_BIN_EXE_admin-list-overrides"),
         "admin-invalidate-cache" => env!("CARGO_BIN_EXE_admin-invalidate-cache"),
+        "admin-audit" => env!("CARGO_BIN_EXE_admin-audit"),
+        "sweep-invalidations" => env!("CARGO_BIN_EXE_sweep-invalidations"),
         other => panic!("no function binary named {other}"),
     }
 }
@@ -97,30 +108,104 @@ fn function_command(function: &str, port: u16) -> Command {
     command
 }
 
-/// Starts the emulator and the function binary, sends `events`, returns the API Gateway responses.
-async fn invoke(function: &str, env: &[(&str, String)], events: Vec<Value>) -> Vec<Value> {
-    let (_emulator, port) = start_emulator();
-    let mut command = function_command(function, port);
-    command.stdout(Stdio::null()).stderr(Stdio::null());
-    for (key, value) in env {
-        command.env(key, value);
+/// What the emulator's invoke API answered: 200 with the function's result, or (an error
+/// invocation) 500 with `{"errorType","errorMessage"}`.
+struct Invocation {
+    status: StatusCode,
+    payload: Value,
+}
+
+/// The emulator and one function binary attached to it: the first invocation is the cold start,
+/// the next ones are warm invocations of the same process. The function's logs go to a file.
+struct Lambda {
+    function: String,
+    port: u16,
+    client: reqwest::Client,
+    logs: PathBuf,
+    // Dropped in this order: the function, then the emulator.
+    _function: Running,
+    _emulator: Running,
+}
+
+impl Lambda {
+    fn start(function: &str, env: &[(&str, String)]) -> Self {
+        let (emulator, port) = start_emulator();
+        let logs = std::env::temp_dir().join(format!("{}.log", unique("flags-lambda-")));
+        let file = std::fs::File::create(&logs).unwrap();
+        let mut command = function_command(function, port);
+        command
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let process = Running(command.spawn().expect("function binary starts"));
+        Self {
+            function: function.to_owned(),
+            port,
+            client: reqwest::Client::new(),
+            logs,
+            _function: process,
+            _emulator: emulator,
+        }
     }
-    let _function = Running(command.spawn().expect("function binary starts"));
-    let client = reqwest::Client::new();
-    let mut responses = Vec::new();
-    for event in events {
-        let response = client
+
+    async fn invoke(&self, event: &Value) -> Invocation {
+        let response = self
+            .client
             .post(format!(
-                "http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"
+                "http://127.0.0.1:{}/2015-03-31/functions/_/invocations",
+                self.port
             ))
-            .json(&event)
+            .json(event)
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{function}: invoke failed: {e}"));
-        responses.push(response.json::<Value>().await.unwrap());
+            .unwrap_or_else(|e| panic!("{}: invoke failed: {e}\n{}", self.function, self.logs()));
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let payload = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "{}: the emulator answered {status} with no JSON ({e}): {text}\n{}",
+                self.function,
+                self.logs()
+            )
+        });
+        Invocation { status, payload }
     }
-    responses
+
+    /// An invocation that must succeed; its result.
+    async fn invoke_ok(&self, event: &Value) -> Value {
+        let invocation = self.invoke(event).await;
+        assert_eq!(
+            invocation.status,
+            StatusCode::OK,
+            "{}: the invocation failed: {}\n{}",
+            self.function,
+            invocation.payload,
+            self.logs()
+        );
+        invocation.payload
+    }
+
+    /// What the function logged so far (one JSON object per line).
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.logs).unwrap_or_default()
+    }
+}
+
+impl Drop for Lambda {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.logs);
+    }
+}
+
+/// Starts the emulator and the function binary, sends `events`, returns the function's results.
+async fn invoke(function: &str, env: &[(&str, String)], events: Vec<Value>) -> Vec<Value> {
+    let lambda = Lambda::start(function, env);
+    let mut results = Vec::new();
+    for event in &events {
+        results.push(lambda.invoke_ok(event).await);
+    }
+    results
 }
 
 fn status(response: &Value) -> i64 {
@@ -131,8 +216,9 @@ fn body(response: &Value) -> Value {
     serde_json::from_str(response["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
 }
 
-/// Every function, in an order where each event finds what it needs (create before delete).
-const SEQUENCE: [(&str, i64); 11] = [
+/// Every route function, in an order where each event finds what it needs (create before
+/// delete), the audit log last so that it sees every write before it.
+const SEQUENCE: [(&str, i64); 12] = [
     ("health", 200),
     ("get-flags", 200),
     ("get-flag", 200),
@@ -144,13 +230,158 @@ const SEQUENCE: [(&str, i64); 11] = [
     ("admin-delete-override", 204),
     ("admin-delete-flag", 204),
     ("admin-invalidate-cache", 200),
+    ("admin-audit", 200),
 ];
 
+/// Writes of `SEQUENCE` that succeed (each function is invoked twice: the second create is a 409,
+/// the second deletes are 404s): each leaves one audit row and one pending invalidation.
+const SUCCESSFUL_WRITES: usize = 7;
+
+/// The audit rows of `production` after `SEQUENCE`, newest first: (action, flag, by the admin).
+/// The five oldest are the seed's, written without an actor.
+const PRODUCTION_AUDIT: [(&str, &str, bool); 12] = [
+    ("flag.deleted", "checkout-v2", true),
+    ("override.deleted", "wishlist-gallery", true),
+    ("override.upserted", "wishlist-gallery", true),
+    ("override.upserted", "wishlist-gallery", true),
+    ("flag.updated", "wishlist-gallery", true),
+    ("flag.updated", "wishlist-gallery", true),
+    ("flag.created", "checkout-v2", true),
+    ("flag.created", "wishlist-reorder", false),
+    ("flag.created", "wishlist-got-it", false),
+    ("flag.created", "wishlist-edit-item", false),
+    ("flag.created", "wishlist-add-item", false),
+    ("flag.created", "wishlist-gallery", false),
+];
+
+/// `events/admin-audit.json` without its `environment` filter: every environment's rows.
+fn audit_of_every_environment(mut event: Value) -> Value {
+    event["rawQueryString"] = Value::String("page=1&pageSize=20".to_owned());
+    event["queryStringParameters"]
+        .as_object_mut()
+        .unwrap()
+        .remove("environment");
+    event
+}
+
+/// The audit page of `production` the first `admin-audit` invocation answered.
+fn assert_production_audit(page: &Value) {
+    assert_eq!(
+        page["pagination"],
+        json!({"page": 1, "pageSize": 20, "total": PRODUCTION_AUDIT.len()}),
+        "{page}"
+    );
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), PRODUCTION_AUDIT.len(), "{page}");
+    for (item, (action, flag_key, by_admin)) in items.iter().zip(PRODUCTION_AUDIT) {
+        assert_eq!(item["action"], action, "{item}");
+        assert_eq!(item["flagKey"], flag_key, "{item}");
+        assert_eq!(item["environment"], "production", "{item}");
+        let actor = if by_admin {
+            json!({"sub": ADMIN_SUB})
+        } else {
+            Value::Null
+        };
+        assert_eq!(item["actor"], actor, "{item}");
+        let at = item["at"].as_str().unwrap();
+        assert!(
+            at.len() == 24 && at.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(at).is_ok(),
+            "{item}"
+        );
+    }
+    // Newest first: ids strictly decrease, timestamps never increase.
+    for pair in items.windows(2) {
+        assert!(pair[0]["id"].as_i64() > pair[1]["id"].as_i64(), "{page}");
+        assert!(
+            pair[0]["at"].as_str().unwrap() >= pair[1]["at"].as_str().unwrap(),
+            "{page}"
+        );
+    }
+    // What each change was, from its before and after.
+    let deleted_flag = &items[0];
+    assert_eq!(deleted_flag["before"]["flagKey"], "checkout-v2");
+    assert_eq!(deleted_flag["before"]["rolloutPercentage"], 10);
+    assert_eq!(deleted_flag["after"], Value::Null);
+    let deleted_override = &items[1];
+    assert_eq!(deleted_override["before"]["userId"], "user-123");
+    assert_eq!(deleted_override["before"]["overrideType"], "include");
+    assert_eq!(deleted_override["after"], Value::Null);
+    let (replaced, created) = (&items[2], &items[3]);
+    assert_eq!(replaced["before"]["userId"], "user-123", "{replaced}");
+    assert_eq!(replaced["after"]["userId"], "user-123", "{replaced}");
+    assert_eq!(created["before"], Value::Null, "{created}");
+    assert_eq!(created["after"]["userId"], "user-123", "{created}");
+    assert_eq!(created["after"]["overrideType"], "include", "{created}");
+    assert_eq!(created["after"]["reason"], "Beta tester", "{created}");
+    assert_eq!(created["after"]["createdBy"], ADMIN_SUB, "{created}");
+    let (second_update, first_update) = (&items[4], &items[5]);
+    assert_eq!(first_update["before"]["rolloutPercentage"], 100);
+    assert_eq!(first_update["after"]["rolloutPercentage"], 75);
+    assert_eq!(second_update["before"]["rolloutPercentage"], 75);
+    assert_eq!(second_update["after"]["rolloutPercentage"], 75);
+    let created_flag = &items[6];
+    assert_eq!(created_flag["before"], Value::Null);
+    assert_eq!(
+        (
+            &created_flag["after"]["flagKey"],
+            &created_flag["after"]["enabled"],
+            &created_flag["after"]["rolloutPercentage"]
+        ),
+        (&json!("checkout-v2"), &json!(true), &json!(10)),
+        "{created_flag}"
+    );
+    for seeded in &items[7..] {
+        assert_eq!(seeded["before"], Value::Null, "{seeded}");
+        assert_eq!(seeded["after"]["environment"], "production", "{seeded}");
+    }
+}
+
+/// The unfiltered audit page (second, warm `admin-audit` invocation): the two invalidate-all
+/// rows (no environment) newest, then the production rows as above among the development seed's.
+fn assert_audit_of_every_environment(page: &Value, production: &Value, invalidations: &[Value]) {
+    // production's rows, both invalidate-all calls, and the five flags seeded in development.
+    let total = PRODUCTION_AUDIT.len() + 2 + 5;
+    assert_eq!(
+        page["pagination"],
+        json!({"page": 1, "pageSize": 20, "total": total}),
+        "{page}"
+    );
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), total, "{page}");
+    // Newest first: the warm invalidate-all call, then the cold one.
+    for (item, response) in items[..2].iter().zip(invalidations.iter().rev()) {
+        assert_eq!(item["action"], "cache.invalidated", "{item}");
+        assert_eq!(item["environment"], Value::Null, "{item}");
+        assert_eq!(item["flagKey"], Value::Null, "{item}");
+        assert_eq!(item["actor"], json!({"sub": ADMIN_SUB}), "{item}");
+        assert_eq!(item["before"], Value::Null, "{item}");
+        assert_eq!(&item["after"], response, "{item}");
+    }
+    let in_production: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["environment"] == "production")
+        .collect();
+    let expected: Vec<&Value> = production["items"].as_array().unwrap().iter().collect();
+    assert_eq!(in_production, expected);
+    let in_development: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["environment"] == "development")
+        .collect();
+    assert_eq!(in_development.len(), 5, "{page}");
+    assert!(
+        in_development
+            .iter()
+            .all(|i| i["action"] == "flag.created" && i["actor"] == Value::Null),
+        "{page}"
+    );
+}
+
 async fn every_function_answers(redis: Option<String>, expected_redis: &str) {
+    let redis_down = expected_redis == "down";
     let database_url = seeded_postgres_url().await;
     let keys = local_keys();
     let mut env = vec![
-        ("DATABASE_URL", database_url),
+        ("DATABASE_URL", database_url.clone()),
         ("AUTH_JWKS_FILE", keys.jwks_path().display().to_string()),
         ("AUTH_ISSUER", flags_local::keys::LOCAL_ISSUER.to_owned()),
         (
@@ -161,6 +392,7 @@ async fn every_function_answers(redis: Option<String>, expected_redis: &str) {
     if let Some(url) = redis {
         env.push(("REDIS_URL", url));
     }
+    let mut bodies: HashMap<&str, Vec<Value>> = HashMap::new();
     for (function, expected) in SEQUENCE {
         let mut events = vec![event(function), event(function)];
         if function == "get-flags" {
@@ -168,14 +400,21 @@ async fn every_function_answers(redis: Option<String>, expected_redis: &str) {
             let token = keys.mint("user-123", &[], 600).unwrap();
             events[1]["headers"]["authorization"] = Value::String(format!("Bearer {token}"));
         }
-        let responses = invoke(function, &env, events).await;
+        if function == "admin-audit" {
+            events[1] = audit_of_every_environment(events[1].clone());
+        }
         // The first invocation is the cold start, the second a warm one on the same process.
+        let lambda = Lambda::start(function, &env);
+        let mut responses = Vec::new();
+        for event in &events {
+            responses.push(lambda.invoke_ok(event).await);
+        }
         for response in &responses {
             let code = status(response);
             let ok = code == expected
                 || (function == "admin-create-flag" && code == 409)
                 || (function.starts_with("admin-delete") && code == 404);
-            assert!(ok, "{function}: {response}");
+            assert!(ok, "{function}: {response}\n{}", lambda.logs());
         }
         let first = body(&responses[0]);
         match function {
@@ -186,14 +425,43 @@ async fn every_function_answers(redis: Option<String>, expected_redis: &str) {
             "get-flags" => assert_eq!(first["wishlist-gallery"], true, "{first}"),
             "get-flag" => assert_eq!(first["key"], "wishlist-gallery"),
             "admin-list-flags" => assert_eq!(first.as_array().map(Vec::len), Some(5)),
+            "admin-create-flag" => assert_eq!(status(&responses[0]), 201),
             "admin-update-flag" => assert_eq!(first["rolloutPercentage"], 75),
-            "admin-upsert-override" => {
-                assert_eq!(first["createdBy"], "a1b2c3d4-0000-1111-2222-admin0000001")
-            }
+            "admin-upsert-override" => assert_eq!(first["createdBy"], ADMIN_SUB),
             "admin-list-overrides" => assert_eq!(first["includes"][0]["userId"], "user-123"),
+            "admin-delete-override" | "admin-delete-flag" => {
+                assert_eq!(status(&responses[0]), 204)
+            }
+            "admin-invalidate-cache" => {
+                for response in responses.iter().map(body) {
+                    // Not complete when Redis is down: nothing was deleted, and it says so.
+                    assert_eq!(response["complete"], !redis_down, "{response}");
+                    assert!(response["invalidatedKeys"].is_u64(), "{response}");
+                    assert_eq!(response.as_object().map(|o| o.len()), Some(2), "{response}");
+                    if redis_down {
+                        assert_eq!(response["invalidatedKeys"], 0, "{response}");
+                    }
+                }
+            }
+            "admin-audit" => {
+                assert_production_audit(&first);
+                assert_audit_of_every_environment(
+                    &body(&responses[1]),
+                    &first,
+                    &bodies["admin-invalidate-cache"],
+                );
+            }
             _ => {}
         }
+        bodies.insert(function, responses.iter().map(body).collect());
     }
+    // Every successful write recorded that production's cache must be invalidated; the writer
+    // removed the record once Redis (or the in-memory cache) was invalidated. With Redis down
+    // they all stay, for the sweeper.
+    let pending = pending_rows(&database_url).await;
+    let expected_pending = if redis_down { SUCCESSFUL_WRITES } else { 0 };
+    assert_eq!(pending.len(), expected_pending, "{pending:?}");
+    assert!(pending.iter().all(|(_, env)| env == "production"));
 }
 
 #[tokio::test]
@@ -210,6 +478,182 @@ async fn functions_with_redis_down() {
 #[tokio::test]
 async fn functions_without_redis_url() {
     every_function_answers(None, "disabled").await;
+}
+
+/// The error message of a sweep that could not invalidate one environment (`lambda::run_sweeper`).
+const ONE_INVALIDATION_OWED: &str =
+    "1 environment(s) still owe a cache invalidation: Redis did not answer";
+
+async fn redis_get(client: &fred::prelude::Client, key: String) -> Option<String> {
+    client.get(key).await.unwrap()
+}
+
+/// The generation and overrides epoch of `env`, as numbers (absent: `None`).
+async fn counters(client: &fred::prelude::Client, env: &str) -> (Option<u64>, Option<u64>) {
+    let number = |value: Option<String>| value.map(|v| v.parse::<u64>().unwrap());
+    (
+        number(redis_get(client, format!("feature_flags_generation:{env}")).await),
+        number(redis_get(client, format!("feature_flags_overrides_epoch:{env}")).await),
+    )
+}
+
+#[tokio::test]
+async fn sweep_with_redis_up_invalidates_each_environment_and_removes_its_records() {
+    let database_url = seeded_postgres_url().await;
+    assert_eq!(
+        pending_rows(&database_url).await,
+        vec![],
+        "seeding owes nothing"
+    );
+    let redis = redis_url(13).await;
+    let raw = redis_client(&redis).await;
+    let (env_a, env_b, untouched) = (unique("sweep-"), unique("sweep-"), unique("other-"));
+    let snapshot = json!({"flags": {}, "expiresAt": 4_102_444_800_000_u64}).to_string();
+    for env in [&env_a, &untouched] {
+        for (key, value) in [
+            (format!("feature_flags:{env}"), snapshot.as_str()),
+            (format!("feature_flags_generation:{env}"), "41"),
+            (format!("feature_flags_overrides_epoch:{env}"), "7"),
+        ] {
+            let _: () = raw.set(key, value, None, None, false).await.unwrap();
+        }
+    }
+    let id = insert_pending(&database_url, &env_a).await;
+    assert_eq!(pending_rows(&database_url).await, vec![(id, env_a.clone())]);
+
+    let lambda = Lambda::start(
+        "sweep-invalidations",
+        &[
+            ("DATABASE_URL", database_url.clone()),
+            ("REDIS_URL", redis.clone()),
+        ],
+    );
+    let sweep = event("sweep-invalidations");
+
+    // Cold start with a record owed, as after an outage. Two sweeps race for it: this
+    // invocation's, and the one every instance starts when its Redis connection comes up
+    // (flags-core `wiring::sweep_when_recovered`, which counts the first connection as a
+    // recovery). Whichever order they run in, when the invocation returns the record is gone with
+    // the snapshot, and the counters were bumped together once or (both sweeps saw the record)
+    // twice. The invocation reports the record only when its own sweep did it.
+    let cold = lambda.invoke_ok(&sweep).await;
+    assert!(
+        cold == json!({"swept": 1, "environments": 1, "failed": 0})
+            || cold == json!({"swept": 0, "environments": 0, "failed": 0}),
+        "{cold}\n{}",
+        lambda.logs()
+    );
+    assert_eq!(pending_rows(&database_url).await, vec![]);
+    assert_eq!(
+        redis_get(&raw, format!("feature_flags:{env_a}")).await,
+        None
+    );
+    let (generation, epoch) = counters(&raw, &env_a).await;
+    assert!(
+        matches!(
+            (generation, epoch),
+            (Some(42), Some(8)) | (Some(43), Some(9))
+        ),
+        "generation {generation:?}, epoch {epoch:?}\n{}",
+        lambda.logs()
+    );
+
+    // Warm, nothing owed: nothing done.
+    let warm = lambda.invoke_ok(&sweep).await;
+    assert_eq!(warm, json!({"swept": 0, "environments": 0, "failed": 0}));
+
+    // Warm, several records of two environments: this invocation alone completes them (the
+    // start-up sweep finished long ago), with one invalidation per environment.
+    let (generation, epoch) = counters(&raw, &env_a).await;
+    let (generation, epoch) = (generation.unwrap(), epoch.unwrap());
+    assert_eq!(generation - 41, epoch - 7, "bumped together");
+    for env in [&env_b, &env_a, &env_b] {
+        insert_pending(&database_url, env).await;
+    }
+    let batch = lambda.invoke_ok(&sweep).await;
+    assert_eq!(
+        batch,
+        json!({"swept": 3, "environments": 2, "failed": 0}),
+        "{}",
+        lambda.logs()
+    );
+    assert_eq!(pending_rows(&database_url).await, vec![]);
+    assert_eq!(
+        counters(&raw, &env_a).await,
+        (Some(generation + 1), Some(epoch + 1))
+    );
+    // Counters that did not exist start from 0.
+    assert_eq!(counters(&raw, &env_b).await, (Some(1), Some(1)));
+
+    // An environment nobody owed an invalidation was left alone.
+    assert_eq!(
+        redis_get(&raw, format!("feature_flags:{untouched}"))
+            .await
+            .as_deref(),
+        Some(snapshot.as_str())
+    );
+    assert_eq!(counters(&raw, &untouched).await, (Some(41), Some(7)));
+}
+
+#[tokio::test]
+async fn sweep_with_redis_unreachable_fails_the_invocation_and_keeps_the_record() {
+    let database_url = seeded_postgres_url().await;
+    let env = unique("sweep-");
+    let id = insert_pending(&database_url, &env).await;
+    // Nothing listens on this port.
+    let lambda = Lambda::start(
+        "sweep-invalidations",
+        &[
+            ("DATABASE_URL", database_url.clone()),
+            ("REDIS_URL", format!("redis://127.0.0.1:{}", free_port())),
+        ],
+    );
+    let sweep = event("sweep-invalidations");
+    // Cold, then warm: the process survives a failed invocation and tries again.
+    for _ in 0..2 {
+        let invocation = lambda.invoke(&sweep).await;
+        // The emulator's answer to an error invocation: 500 and the runtime's error payload.
+        assert_eq!(
+            invocation.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{}\n{}",
+            invocation.payload,
+            lambda.logs()
+        );
+        let error = invocation.payload.as_object().unwrap();
+        let mut fields: Vec<&str> = error.keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["errorMessage", "errorType"], "{error:?}");
+        assert_eq!(error["errorMessage"], ONE_INVALIDATION_OWED, "{error:?}");
+        assert!(
+            error["errorType"].as_str().is_some_and(|t| !t.is_empty()),
+            "{error:?}"
+        );
+        assert_eq!(pending_rows(&database_url).await, vec![(id, env.clone())]);
+    }
+    // Operators can tell which environment is waiting.
+    let logs = lambda.logs();
+    assert!(
+        logs.contains(&format!("\"environment\":\"{env}\"")),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn sweep_without_redis_url_completes_at_once() {
+    let database_url = seeded_postgres_url().await;
+    let env = unique("sweep-");
+    insert_pending(&database_url, &env).await;
+    let lambda = Lambda::start(
+        "sweep-invalidations",
+        &[("DATABASE_URL", database_url.clone())],
+    );
+    let sweep = event("sweep-invalidations");
+    let cold = lambda.invoke_ok(&sweep).await;
+    assert_eq!(cold, json!({"swept": 1, "environments": 1, "failed": 0}));
+    assert_eq!(pending_rows(&database_url).await, vec![]);
+    let warm = lambda.invoke_ok(&sweep).await;
+    assert_eq!(warm, json!({"swept": 0, "environments": 0, "failed": 0}));
 }
 
 #[tokio::test]
