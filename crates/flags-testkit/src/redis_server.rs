@@ -160,7 +160,10 @@ mod tests {
         redis.freeze().await;
         assert!(!pong_within(redis.port, limit).await, "frozen: no answer");
         redis.thaw().await;
-        assert!(pong_within(redis.port, limit).await, "thawed: answers again");
+        assert!(
+            pong_within(redis.port, limit).await,
+            "thawed: answers again"
+        );
 
         redis.kill().await;
         assert!(!pong_within(redis.port, limit).await, "killed");
