@@ -40,6 +40,28 @@ pub async fn run(route: Route) -> Result<(), lambda_http::Error> {
     .await
 }
 
+/// Why a sweep invocation failed; its `errorType` is the variant's name, for alarms and filters.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("could not read the pending invalidations: {0}")]
+    Database(#[from] flags_core::service::ServiceError),
+    #[error("{0} environment(s) still owe a cache invalidation: Redis did not answer")]
+    RedisUnavailable(u64),
+}
+
+impl From<SweepError> for lambda_http::lambda_runtime::Diagnostic {
+    fn from(error: SweepError) -> Self {
+        let error_type = match &error {
+            SweepError::Database(_) => "DatabaseUnavailable",
+            SweepError::RedisUnavailable(_) => "RedisUnavailable",
+        };
+        Self {
+            error_type: error_type.to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
 /// Init, then the runtime loop of the scheduled sweeper (any event, e.g. EventBridge's). An
 /// invalidation that fails again is an error of the invocation, so the function's error alarm
 /// tells operators that caches are waiting on Redis.
@@ -50,13 +72,9 @@ pub async fn run_sweeper() -> Result<(), lambda_http::Error> {
         async move {
             let report = context.service.sweep_pending_invalidations().await?;
             if report.failed > 0 {
-                return Err(format!(
-                    "{} environment(s) still owe a cache invalidation: Redis did not answer",
-                    report.failed
-                )
-                .into());
+                return Err(SweepError::RedisUnavailable(report.failed));
             }
-            Ok::<_, lambda_http::Error>(serde_json::to_value(report)?)
+            Ok(report)
         }
     }))
     .await

@@ -22,7 +22,7 @@ use fred::prelude::{
 use fred::types::config::ReconnectError;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -260,7 +260,7 @@ async fn keep_connecting(client: Client) {
     }
 }
 
-fn watch_connection_events(pool: &Pool, safe_url: Arc<str>, reconnected: Arc<Notify>) {
+fn watch_connection_events(pool: &Pool, safe_url: Arc<str>, recovered: Arc<Notify>) {
     for client in pool.clients() {
         let url = safe_url.clone();
         client.on_error(move |(error, server)| {
@@ -271,12 +271,18 @@ fn watch_connection_events(pool: &Pool, safe_url: Arc<str>, reconnected: Arc<Not
                 Ok(())
             }
         });
-        let (url, reconnected) = (safe_url.clone(), reconnected.clone());
+        // A client's first connection is the start, not a recovery: sweeping then would only
+        // compete with the cold start's first request for the database connection.
+        let connected_before = Arc::new(AtomicBool::new(false));
+        let (url, recovered) = (safe_url.clone(), recovered.clone());
         client.on_reconnect(move |server| {
-            let (url, reconnected) = (url.clone(), reconnected.clone());
+            let (url, recovered) = (url.clone(), recovered.clone());
+            let was_connected = connected_before.swap(true, Ordering::AcqRel);
             async move {
                 tracing::info!(redis = %url, server = %server, "redis connected");
-                reconnected.notify_one();
+                if was_connected {
+                    recovered.notify_one();
+                }
                 Ok(())
             }
         });
