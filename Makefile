@@ -66,5 +66,15 @@ coldstart: services tools-test ## Cold start, size and peak memory of a release 
 bench: ## Criterion micro-benchmarks: evaluating 10/100/1000 flags, decoding/encoding the snapshot
 	cargo bench --locked -p flags-bench --bench evaluation
 
+.PHONY: propagation writecost
+
+propagation: services ## Write propagation (contract 3.1): a write's 2xx to the first fresh read on another instance, healthy and under Redis faults
+	$(BENCH) propagation
+
+# Builds the version before the one-transaction write path (5a51ee7) in target/writecost-before/
+# (its own worktree and target dir; several minutes the first time), then runs both servers.
+writecost: services ## Write path cost before (5a51ee7) and after, in one run: admin updates and override upserts over HTTP
+	crates/flags-bench/scripts/writecost.sh
+
 -include mk/infra.mk
 -include mk/load.mk
