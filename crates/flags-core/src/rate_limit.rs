@@ -70,6 +70,11 @@ impl OverrideRateLimiter {
         }
     }
 
+    /// Whether a Redis counter is configured (it may still be unreachable at the moment).
+    pub fn counts_in_redis(&self) -> bool {
+        self.redis.is_some()
+    }
+
     /// The window containing `now`: epoch-aligned, `window` long.
     pub fn window_at(&self, now: DateTime<Utc>) -> (u64, AuditWindow) {
         let window_secs = self.window.as_secs();

@@ -227,16 +227,11 @@ impl FlagService {
         new: NewFlag,
         actor: Option<&Actor>,
     ) -> Result<Flag, ServiceError> {
-        let committed =
-            self.store
-                .create_flag(env, &new, actor)
-                .await
-                .map_err(|error| match error {
-                    StoreError::AlreadyExists => {
-                        ServiceError::AlreadyExists(new.flag_key.to_string())
-                    }
-                    other => other.into(),
-                })?;
+        let committed = self
+            .store
+            .create_flag(env, &new, actor)
+            .await
+            .map_err(|e| named_after(e, &new.flag_key))?;
         Ok(self.propagate(env, Invalidation::Flags, committed).await)
     }
 
@@ -251,7 +246,7 @@ impl FlagService {
             .store
             .update_flag(env, key, &patch, actor)
             .await
-            .map_err(|e| not_found_as(e, key))?;
+            .map_err(|e| named_after(e, key))?;
         Ok(self.propagate(env, Invalidation::Flags, committed).await)
     }
 
@@ -265,7 +260,7 @@ impl FlagService {
             .store
             .delete_flag(env, key, actor)
             .await
-            .map_err(|e| not_found_as(e, key))?;
+            .map_err(|e| named_after(e, key))?;
         // Its overrides went with it, and a flag re-created under the same key must not inherit
         // them: every user's cached overrides go too (one epoch bump, not a keyspace scan).
         self.propagate(env, Invalidation::Environment, committed)
@@ -273,20 +268,18 @@ impl FlagService {
         Ok(())
     }
 
-    /// Where an override change is counted (contract §2.5). With Redis answering, the flag's
-    /// existence is checked first so that a missing flag is a 404 before it is counted.
+    /// Where an override change is counted (contract §2.5): after the flag lookup, so a missing
+    /// flag is a 404 and never counted. With Redis the lookup comes first here; without it the
+    /// store looks the flag up and counts in the same transaction.
     async fn override_limit(
         &self,
         env: &Environment,
         key: &FlagKey,
     ) -> Result<AuditLimit, ServiceError> {
-        let decision = self.rate_limiter.check(env, key).await;
-        if !matches!(decision, RateDecision::CountInAuditLog(_))
-            && self.store.get_flag(env, key).await?.is_none()
-        {
+        if self.rate_limiter.counts_in_redis() && self.store.get_flag(env, key).await?.is_none() {
             return Err(ServiceError::FlagNotFound(key.to_string()));
         }
-        match decision {
+        match self.rate_limiter.check(env, key).await {
             RateDecision::Admitted => Ok(None),
             RateDecision::Limited(limited) => Err(limited.into()),
             RateDecision::CountInAuditLog(window) => Ok(Some(window)),
@@ -306,7 +299,7 @@ impl FlagService {
             .store
             .upsert_override(env, key, &new, actor, limit)
             .await
-            .map_err(|e| not_found_as(e, key))?;
+            .map_err(|e| named_after(e, key))?;
         Ok(self
             .propagate(env, Invalidation::User(new.user_id.as_str()), committed)
             .await)
@@ -324,7 +317,7 @@ impl FlagService {
             .store
             .delete_override(env, key, user_id, actor, limit)
             .await
-            .map_err(|e| not_found_as(e, key))?;
+            .map_err(|e| named_after(e, key))?;
         self.propagate(env, Invalidation::User(user_id), committed)
             .await;
         Ok(())
@@ -484,9 +477,10 @@ impl FlagService {
     }
 }
 
-/// The store's "not found" outcomes, named after the flag the caller asked about.
-fn not_found_as(error: StoreError, key: &FlagKey) -> ServiceError {
+/// The store's outcomes about one flag, named after the flag the caller asked about.
+fn named_after(error: StoreError, key: &FlagKey) -> ServiceError {
     match error {
+        StoreError::AlreadyExists => ServiceError::AlreadyExists(key.to_string()),
         StoreError::FlagNotFound => ServiceError::FlagNotFound(key.to_string()),
         StoreError::OverrideNotFound => ServiceError::OverrideNotFound(key.to_string()),
         StoreError::RateLimited(limited) => ServiceError::RateLimited(limited),

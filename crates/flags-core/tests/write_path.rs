@@ -205,6 +205,23 @@ async fn the_101st_override_change_is_limited_after_redis_is_cut() {
             .await
             .unwrap();
     }
+    // A missing flag is a 404 and is never counted (the lookup comes before the count).
+    let error = service
+        .upsert_override(&env, &key("absent"), exclude("user-1"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ServiceError::FlagNotFound(_)), "{error:?}");
+    let raw = redis_client(&redis.url()).await;
+    let counters: Vec<String> = raw
+        .custom(fred::cmd!("KEYS"), vec!["feature_flags_ratelimit:*"])
+        .await
+        .unwrap();
+    assert_eq!(
+        counters.len(),
+        1,
+        "only the busy flag is counted: {counters:?}"
+    );
+    raw.quit().await.unwrap();
     redis.kill();
     let error = service
         .upsert_override(&env, &key("busy"), exclude("user-100"), None)
