@@ -9,8 +9,9 @@
 #      `writecost`;
 #   2. gives each version a fresh PostgreSQL schema (writecost_before, writecost_after in the
 #      database `test`), migrated by that version's own `flagctl migrate`, its own Redis database
-#      (14 and 15 on the shared server, flushed: the tests use 0 and 2-13) and its own FLAGS_DATA_DIR (signing keys; the
-#      admin token is minted by that version's own `flagctl token`);
+#      (14 and 15 on the shared server, flushed: the tests use 0 and 2-13) and its own
+#      FLAGS_DATA_DIR (signing keys; the admin token is minted by that version's own
+#      `flagctl token`);
 #   3. starts both `flagctl serve` on spare ports, waits for /health, runs `writecost`
 #      (N=2000 of each kind after 200 warm-up requests, interleaved between the servers) and
 #      writes target/bench/writecost.md;
@@ -19,7 +20,9 @@
 # Environment: WRITECOST_BEFORE_COMMIT (5a51ee7), WRITECOST_REQUESTS (2000), WRITECOST_WARMUP
 # (200), WRITECOST_PG_URL (postgres://postgres@127.0.0.1:5432/test), WRITECOST_REDIS_URL
 # (redis://127.0.0.1:6379), WRITECOST_RUST_LOG (warn: as scripts/load-artillery.sh, so that
-# log volume is not what is compared).
+# log volume is not what is compared), WRITECOST_PG_OPTIONS (more PostgreSQL session settings for
+# both servers, e.g. '-c synchronous_commit=off' to see what the commits' flushes cost),
+# WRITECOST_OUT (target/bench/writecost.md).
 set -euo pipefail
 
 cd "$(dirname "$0")/../../.."
@@ -36,7 +39,8 @@ BEFORE_DIR=$ROOT/target/writecost-before
 WORKTREE=$BEFORE_DIR/worktree
 BEFORE_TARGET=$BEFORE_DIR/target
 AFTER_DIR=$ROOT/target/writecost-after
-OUT=$ROOT/target/bench/writecost.md
+OUT=${WRITECOST_OUT:-$ROOT/target/bench/writecost.md}
+PG_OPTIONS=${WRITECOST_PG_OPTIONS:-}
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'writecost: %s\n' "$*" >&2; exit 1; }
@@ -94,7 +98,10 @@ prepare() {
   local schema="writecost_$name"
   psql_admin -c "DROP SCHEMA IF EXISTS $schema CASCADE" -c "CREATE SCHEMA $schema"
   [ "$(redis-cli -u "$REDIS_HOST_URL/$redis_db" FLUSHDB)" = OK ] || die "FLUSHDB on Redis db $redis_db failed"
-  local database_url="$PG_URL?options=-c%20search_path%3D$schema&application_name=writecost-$name"
+  local options
+  options=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(" ".join(sys.argv[1:]).strip(), safe=""))' \
+    "-c search_path=$schema" "$PG_OPTIONS")
+  local database_url="$PG_URL?options=$options&application_name=writecost-$name"
   # Each version runs in its own data folder: no .env.local of the repository is read.
   (cd "$dir/data" && env DATABASE_URL="$database_url" FLAGS_DATA_DIR="$dir/data" \
     "$dir/bin/flagctl" migrate >/dev/null)
@@ -162,6 +169,7 @@ wait_healthy after "$AFTER_PID" "$AFTER_PORT" "$AFTER_DIR/server.log"
 
 # --- the run --------------------------------------------------------------------------------------
 
+[ -z "$PG_OPTIONS" ] || log "PostgreSQL session options for both servers: $PG_OPTIONS"
 log "writecost: $REQUESTS updates and $REQUESTS override upserts per server after $WARMUP warm-up requests (rustc processes running now: $(pgrep -c rustc || true))"
 WRITECOST_BEFORE_TOKEN=$(cat "$BEFORE_DIR/admin.token") \
 WRITECOST_AFTER_TOKEN=$(cat "$AFTER_DIR/admin.token") \
