@@ -312,6 +312,22 @@ macro_rules! sql_flag_store {
                 })
             }
 
+            /// Starts an override change, in the contract's order: the flag looked up and locked
+            /// (404), the audit-log count (429); returns the user's current override too.
+            async fn begin_override_change(
+                &self,
+                env: &Environment,
+                key: &FlagKey,
+                user_id: &str,
+                limit: AuditLimit,
+            ) -> Result<(sqlx::Transaction<'static, $db>, Uuid, Option<UserOverride>), StoreError> {
+                let mut tx = self.begin_write().await?;
+                let flag = Self::locked_flag(&mut tx, env, key).await?;
+                Self::check_audit_limit(&mut tx, env, key, limit).await?;
+                let current = Self::find_override(&mut tx, flag.id, user_id).await?;
+                Ok((tx, flag.id, current))
+            }
+
             async fn find_override(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 flag_id: Uuid,
@@ -387,7 +403,14 @@ macro_rules! sql_flag_store {
                     .await
                     .map_err(map_unique_violation)?;
                 let flag = Flag::from(row);
-                let record = AuditRecord::flag_change(AuditAction::FlagCreated, env, &new.flag_key, actor, None, Some(audit_json(&flag)));
+                let record = AuditRecord::flag_change(
+                    AuditAction::FlagCreated,
+                    env,
+                    &new.flag_key,
+                    actor,
+                    None,
+                    Some(audit_json(&flag)),
+                );
                 Self::commit_change(tx, record, flag).await
             }
 
@@ -419,7 +442,14 @@ macro_rules! sql_flag_store {
                     .fetch_one(&mut *tx)
                     .await?;
                 let after = Flag::from(row);
-                let record = AuditRecord::flag_change(AuditAction::FlagUpdated, env, key, actor, Some(audit_json(&before)), Some(audit_json(&after)));
+                let record = AuditRecord::flag_change(
+                    AuditAction::FlagUpdated,
+                    env,
+                    key,
+                    actor,
+                    Some(audit_json(&before)),
+                    Some(audit_json(&after)),
+                );
                 Self::commit_change(tx, record, after).await
             }
 
@@ -435,7 +465,14 @@ macro_rules! sql_flag_store {
                     .bind(before.id)
                     .execute(&mut *tx)
                     .await?;
-                let record = AuditRecord::flag_change(AuditAction::FlagDeleted, env, key, actor, Some(audit_json(&before)), None);
+                let record = AuditRecord::flag_change(
+                    AuditAction::FlagDeleted,
+                    env,
+                    key,
+                    actor,
+                    Some(audit_json(&before)),
+                    None,
+                );
                 Self::commit_change(tx, record, before).await
             }
 
@@ -447,10 +484,8 @@ macro_rules! sql_flag_store {
                 actor: Option<&Actor>,
                 limit: AuditLimit,
             ) -> Result<Committed<UserOverride>, StoreError> {
-                let mut tx = self.begin_write().await?;
-                let flag = Self::locked_flag(&mut tx, env, key).await?;
-                Self::check_audit_limit(&mut tx, env, key, limit).await?;
-                let before = Self::find_override(&mut tx, flag.id, new.user_id.as_str()).await?;
+                let (mut tx, flag_id, before) =
+                    self.begin_override_change(env, key, new.user_id.as_str(), limit).await?;
                 let sql = format!(
                     "INSERT INTO feature_flag_user_overrides \
                        (id, flag_id, user_id, override_type, reason, created_by, created_at) \
@@ -462,7 +497,7 @@ macro_rules! sql_flag_store {
                 );
                 let row: OverrideRow = sqlx::query_as(&sql)
                     .bind(Uuid::new_v4())
-                    .bind(flag.id)
+                    .bind(flag_id)
                     .bind(new.user_id.as_str())
                     .bind(new.override_type.as_str())
                     .bind(new.reason.as_deref())
@@ -472,7 +507,14 @@ macro_rules! sql_flag_store {
                     .await
                     .map_err(map_foreign_key_violation)?;
                 let saved = UserOverride::try_from(row)?;
-                let record = AuditRecord::flag_change(AuditAction::OverrideUpserted, env, key, actor, before.as_ref().map(audit_json), Some(audit_json(&saved)));
+                let record = AuditRecord::flag_change(
+                    AuditAction::OverrideUpserted,
+                    env,
+                    key,
+                    actor,
+                    before.as_ref().map(audit_json),
+                    Some(audit_json(&saved)),
+                );
                 Self::commit_change(tx, record, saved).await
             }
 
@@ -484,18 +526,22 @@ macro_rules! sql_flag_store {
                 actor: Option<&Actor>,
                 limit: AuditLimit,
             ) -> Result<Committed<UserOverride>, StoreError> {
-                let mut tx = self.begin_write().await?;
-                let flag = Self::locked_flag(&mut tx, env, key).await?;
-                Self::check_audit_limit(&mut tx, env, key, limit).await?;
-                let before = Self::find_override(&mut tx, flag.id, user_id)
-                    .await?
-                    .ok_or(StoreError::OverrideNotFound)?;
+                let (mut tx, flag_id, before) =
+                    self.begin_override_change(env, key, user_id, limit).await?;
+                let before = before.ok_or(StoreError::OverrideNotFound)?;
                 sqlx::query("DELETE FROM feature_flag_user_overrides WHERE flag_id = $1 AND user_id = $2")
-                    .bind(flag.id)
+                    .bind(flag_id)
                     .bind(user_id)
                     .execute(&mut *tx)
                     .await?;
-                let record = AuditRecord::flag_change(AuditAction::OverrideDeleted, env, key, actor, Some(audit_json(&before)), None);
+                let record = AuditRecord::flag_change(
+                    AuditAction::OverrideDeleted,
+                    env,
+                    key,
+                    actor,
+                    Some(audit_json(&before)),
+                    None,
+                );
                 Self::commit_change(tx, record, before).await
             }
 
