@@ -80,18 +80,7 @@ impl Workload {
         headers: HeaderMap,
         body: Bytes,
     ) -> ApiRequest {
-        let path_params: HashMap<String, String> = flag_key
-            .map(|key| [("flagKey".to_owned(), key.to_owned())].into())
-            .unwrap_or_default();
-        ApiRequest {
-            method,
-            path: String::new(),
-            path_params,
-            query: [("environment".to_owned(), self.environment.clone())].into(),
-            headers,
-            body,
-            authorizer_claims: None,
-        }
+        api_request(&self.environment, method, flag_key, headers, body)
     }
 
     async fn call(&self, route: Route, request: ApiRequest) -> bool {
@@ -102,7 +91,31 @@ impl Workload {
     }
 }
 
-fn bearer(token: &str) -> HeaderMap {
+/// A request as API Gateway would hand it over: the environment in the query, the flag key (if
+/// the route has one) as a path parameter.
+pub fn api_request(
+    environment: &str,
+    method: Method,
+    flag_key: Option<&str>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiRequest {
+    let path_params: HashMap<String, String> = flag_key
+        .map(|key| [("flagKey".to_owned(), key.to_owned())].into())
+        .unwrap_or_default();
+    ApiRequest {
+        method,
+        path: String::new(),
+        path_params,
+        query: [("environment".to_owned(), environment.to_owned())].into(),
+        headers,
+        body,
+        authorizer_claims: None,
+    }
+}
+
+/// `Authorization: Bearer <token>`.
+pub fn bearer(token: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
         headers.insert(AUTHORIZATION, value);

@@ -21,15 +21,15 @@
 use bytes::Bytes;
 use clap::Parser;
 use flags_api::handlers::handle;
-use flags_api::{ApiRequest, AppContext, Route};
+use flags_api::{AppContext, Route};
 use flags_bench::fixtures::{self, BoxError, CacheChoice};
+use flags_bench::load::{api_request, bearer};
 use flags_bench::stats::{ms, percentile};
 use flags_core::domain::Environment;
 use flags_testkit::{OwnedRedis, ProxyMode, TcpProxy};
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -465,7 +465,13 @@ impl Rig {
         let mut headers = self.admin.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let body = Bytes::from(format!("{{\"enabled\":{target}}}"));
-        let request = api_request(Method::POST, Some(&self.flag_key), headers, body);
+        let request = api_request(
+            ENVIRONMENT,
+            Method::POST,
+            Some(&self.flag_key),
+            headers,
+            body,
+        );
         handle(&self.a, Route::AdminUpdateFlag, request)
             .await
             .status
@@ -721,7 +727,13 @@ fn judge(scenario: Scenario, index: usize, episode: &Episode, failures: &mut Vec
 
 /// `GET /config/flags` for an anonymous caller; the flag's evaluated value.
 async fn read_flag(context: &AppContext, key: &str) -> Result<Option<bool>, BoxError> {
-    let request = api_request(Method::GET, None, HeaderMap::new(), Bytes::new());
+    let request = api_request(
+        ENVIRONMENT,
+        Method::GET,
+        None,
+        HeaderMap::new(),
+        Bytes::new(),
+    );
     let response = handle(context, Route::GetFlags, request).await;
     if response.status != StatusCode::OK {
         return Err(format!(
@@ -735,34 +747,6 @@ async fn read_flag(context: &AppContext, key: &str) -> Result<Option<bool>, BoxE
         .as_ref()
         .and_then(|body| body.get(key))
         .and_then(Value::as_bool))
-}
-
-fn api_request(
-    method: Method,
-    flag_key: Option<&str>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiRequest {
-    let path_params: HashMap<String, String> = flag_key
-        .map(|key| [("flagKey".to_owned(), key.to_owned())].into())
-        .unwrap_or_default();
-    ApiRequest {
-        method,
-        path: String::new(),
-        path_params,
-        query: [("environment".to_owned(), ENVIRONMENT.to_owned())].into(),
-        headers,
-        body,
-        authorizer_claims: None,
-    }
-}
-
-fn bearer(token: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
-        headers.insert(AUTHORIZATION, value);
-    }
-    headers
 }
 
 fn resp(args: &[&str]) -> Vec<u8> {
