@@ -199,11 +199,11 @@ def test_hook_knows_a_smoke_route_for_every_binary(load_hook, resources):
         if events:
             binaries[binary] = events[0]["Properties"]
         else:
-            # A function without a route (the scheduled sweeper) never reaches the hook: it has
+            # A function without a route (the scheduled applier) never reaches the hook: it has
             # no DeploymentPreference, so CodeDeploy does not deploy it.
             assert "DeploymentPreference" not in r["Properties"], binary
             assert binary not in module.ROUTES, binary
-    assert len(binaries) == 12
+    assert len(binaries) == 15
     assert set(module.ROUTES) == set(binaries)
     for binary, (method, route, _params) in module.ROUTES.items():
         assert (method, route) == (binaries[binary]["Method"], binaries[binary]["Path"])
@@ -219,3 +219,49 @@ def test_admin_audit_smoke_test_is_a_harmless_unauthenticated_get(load_hook):
     assert (event["routeKey"], event["rawPath"]) == ("GET /admin/audit", "/admin/audit")
     assert "pathParameters" not in event
     assert "authorization" not in {k.lower() for k in event["headers"]}
+
+
+@pytest.mark.parametrize(
+    ("binary", "route_key", "raw_path", "params"),
+    [
+        (
+            "admin-create-schedule",
+            "POST /admin/flags/{flagKey}/schedule",
+            "/admin/flags/canary-probe/schedule",
+            {"flagKey": "canary-probe"},
+        ),
+        (
+            "admin-list-schedules",
+            "GET /admin/flags/{flagKey}/schedule",
+            "/admin/flags/canary-probe/schedule",
+            {"flagKey": "canary-probe"},
+        ),
+        (
+            "admin-cancel-schedule",
+            "DELETE /admin/flags/{flagKey}/schedule/{scheduleId}",
+            "/admin/flags/canary-probe/schedule/00000000-0000-4000-8000-000000000000",
+            {"flagKey": "canary-probe", "scheduleId": "00000000-0000-4000-8000-000000000000"},
+        ),
+    ],
+)
+def test_schedule_routes_smoke_test_is_an_unauthenticated_request(load_hook, binary, route_key, raw_path, params):
+    target = f"{PREFIX}{binary}:5"
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: api_response(401, {"error": "Unauthorized"})})
+    cd = FakeCodeDeploy(f"{PREFIX}{binary}", "5")
+    assert run(load_hook(lam, cd), cd) == "Succeeded"
+    assert [c[0] for c in lam.calls] == [HEALTH_VERSION_ARN, target]
+    event = lam.calls[1][1]
+    assert (event["routeKey"], event["rawPath"]) == (route_key, raw_path)
+    assert event["requestContext"]["http"]["path"] == raw_path
+    assert event["pathParameters"] == params
+    assert "body" not in event
+    assert "authorization" not in {k.lower() for k in event["headers"]}
+
+
+def test_applier_deployment_is_unknown_to_the_hook(load_hook):
+    # The applier has no DeploymentPreference; were CodeDeploy ever to send it, the hook fails
+    # rather than invoking a scheduled function with an HTTP event.
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY})
+    cd = FakeCodeDeploy(f"{PREFIX}apply-schedules", "2")
+    assert run(load_hook(lam, cd), cd) == "Failed"
+    assert all(target != f"{PREFIX}apply-schedules:2" for target, _ in lam.calls)

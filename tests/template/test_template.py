@@ -6,10 +6,15 @@ cfn-lint and checkov.
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
+from pathlib import Path
 
 import pytest
 from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Contract section 2: (method, path) -> (binary, admin route?)
 ROUTES = {
@@ -25,9 +30,13 @@ ROUTES = {
     ("GET", "/admin/flags/{flagKey}/users"): ("admin-list-overrides", True),
     ("POST", "/admin/cache/invalidate"): ("admin-invalidate-cache", True),
     ("GET", "/admin/audit"): ("admin-audit", True),
+    ("POST", "/admin/flags/{flagKey}/schedule"): ("admin-create-schedule", True),
+    ("GET", "/admin/flags/{flagKey}/schedule"): ("admin-list-schedules", True),
+    ("DELETE", "/admin/flags/{flagKey}/schedule/{scheduleId}"): ("admin-cancel-schedule", True),
 }
-# The one Rust function that no route serves: EventBridge runs it every minute.
-SWEEP = "SweepInvalidationsFunction"
+# The one Rust function that no route serves: EventBridge runs it every minute. It applies the
+# due flag schedules (contract 2.6), then sweeps the pending cache invalidations (contract 3.1).
+APPLIER = "ApplySchedulesFunction"
 COST_TAGS = {"Service": "ElastiCache", "Feature": "FeatureFlags", "Environment": {"Ref": "Environment"}}
 OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
 HOOK = "PreTrafficHookFunction"
@@ -50,7 +59,7 @@ def route_functions(resources: dict) -> dict:
 
 
 def rust_functions(resources: dict) -> dict:
-    """The Rust functions: the route functions and the scheduled sweeper (not the Python hook)."""
+    """The Rust functions: the route functions and the scheduled applier (not the Python hook)."""
     return {
         name: r
         for name, r in of_type(resources, "AWS::Serverless::Function").items()
@@ -186,9 +195,9 @@ def test_interface_endpoints_replace_a_nat_gateway(resources):
 
 
 def test_every_rust_function_runs_in_the_vpc(resources):
-    assert len(route_functions(resources)) == 12
+    assert len(route_functions(resources)) == 15
     functions = rust_functions(resources)
-    assert set(functions) == set(route_functions(resources)) | {SWEEP}
+    assert set(functions) == set(route_functions(resources)) | {APPLIER}
     for name, function in functions.items():
         vpc = function["Properties"].get("VpcConfig")
         assert vpc, f"{name} has no VpcConfig"
@@ -256,7 +265,7 @@ def test_one_function_and_route_per_contract_route(resources):
         assert binary == ROUTES[key][0], f"{name}: {key} must be built from {ROUTES[key][0]}"
         assert function["Properties"]["FunctionName"] == {"Fn::Sub": f"feature-flags-${{Environment}}-{binary}"}
     assert set(seen) == set(ROUTES)
-    assert len(seen) == 12
+    assert len(seen) == 15
 
 
 def test_functions_build_the_flags_api_binaries_with_cargo_lambda(template, resources):
@@ -324,7 +333,7 @@ def test_admin_routes_need_the_jwt_authorizer_and_public_routes_none(template, r
         assert props["Auth"]["Authorizer"] == ("CognitoJwt" if admin else "NONE"), props
 
 
-def test_translated_api_has_the_12_routes_with_the_right_authorization(transformed):
+def test_translated_api_has_the_15_routes_with_the_right_authorization(transformed):
     apis = of_type(transformed["Resources"], "AWS::ApiGatewayV2::Api")
     assert len(apis) == 1
     body = next(iter(apis.values()))["Properties"]["Body"]
@@ -419,7 +428,7 @@ def test_rollback_alarm_thresholds(template, resources):
 def test_translated_deployment_groups_use_the_canary_alarms_and_hook(transformed):
     res = transformed["Resources"]
     groups = of_type(res, "AWS::CodeDeploy::DeploymentGroup")
-    assert len(groups) == 12  # the route functions; the sweeper has no canary
+    assert len(groups) == 15  # the route functions; the scheduled applier has no canary
     for group in groups.values():
         props = group["Properties"]
         assert props["DeploymentConfigName"] == {"Ref": "CanaryDeploymentConfig"}
@@ -427,7 +436,7 @@ def test_translated_deployment_groups_use_the_canary_alarms_and_hook(transformed
         assert len(props["AlarmConfiguration"]["Alarms"]) == 4
         assert "DEPLOYMENT_STOP_ON_ALARM" in props["AutoRollbackConfiguration"]["Events"]
     aliases = of_type(res, "AWS::Lambda::Alias")
-    assert len(aliases) == 12
+    assert len(aliases) == 15
     for alias in aliases.values():
         update = alias["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
         assert update["BeforeAllowTrafficHook"] == {"Ref": HOOK}
@@ -456,97 +465,182 @@ def test_pre_traffic_hook(resources):
     assert skipped == {"CKV_AWS_117", "CKV_AWS_115", "CKV_AWS_116"}
 
 
-# --- scheduled invalidation sweeper ---------------------------------------------------------------
+# --- scheduled applier: flag schedules, then pending invalidations -----------------------------
 
 
-def test_sweep_function_builds_its_binary_and_serves_no_route(template, resources):
-    function = resources[SWEEP]
+def test_applier_function_builds_its_binary_and_serves_no_route(template, resources):
+    function = resources[APPLIER]
     assert function["Type"] == "AWS::Serverless::Function"
     assert function["Metadata"]["BuildMethod"] == "rust-cargolambda"
-    assert function["Metadata"]["BuildProperties"] == {"Binary": "sweep-invalidations"}
+    assert function["Metadata"]["BuildProperties"] == {"Binary": "apply-schedules"}
     props = function["Properties"]
-    assert props["FunctionName"] == {"Fn::Sub": "feature-flags-${Environment}-sweep-invalidations"}
+    assert props["FunctionName"] == {"Fn::Sub": "feature-flags-${Environment}-apply-schedules"}
     assert props["CodeUri"] == "."
-    assert SWEEP not in route_functions(resources)
+    assert APPLIER not in route_functions(resources)
     # Same runtime, architecture, tracing, logs, key and environment as the route functions:
     # nothing overridden locally (test_functions_build_the_flags_api_binaries_with_cargo_lambda).
     for key in ("Runtime", "Architectures", "Handler", "Tracing", "KmsKeyArn", "Environment"):
-        assert key not in props, f"the sweeper overrides the global {key}"
+        assert key not in props, f"the applier overrides the global {key}"
 
 
-def test_sweep_function_runs_in_the_vpc_with_the_functions_security_group(resources):
-    vpc = resources[SWEEP]["Properties"]["VpcConfig"]
+def test_the_sweeper_is_replaced_by_the_applier(resources):
+    # The applier runs the pending-invalidation sweep itself: no second scheduled function.
+    assert not [name for name in resources if "Sweep" in name]
+    binaries = [r["Metadata"]["BuildProperties"]["Binary"] for r in rust_functions(resources).values()]
+    assert "sweep-invalidations" not in binaries
+    assert len(binaries) == len(set(binaries)) == 16  # 15 routes + the applier
+
+
+def test_applier_runs_in_the_vpc_with_the_functions_security_group(resources):
+    vpc = resources[APPLIER]["Properties"]["VpcConfig"]
     assert vpc["SecurityGroupIds"] == [{"Ref": "FunctionSecurityGroup"}]
     assert vpc["SubnetIds"] == resources["RedisSubnetGroup"]["Properties"]["SubnetIds"]
 
 
-def test_sweep_runs_every_minute_and_ends_before_the_next_run(template, resources):
-    props = resources[SWEEP]["Properties"]
+def test_applier_runs_every_minute_and_ends_before_the_next_run(template, resources):
+    props = resources[APPLIER]["Properties"]
     assert "Events" not in props, "the schedule is an explicit (tagged) rule, not a SAM event"
     rules = of_type(resources, "AWS::Events::Rule")
-    assert list(rules) == ["SweepInvalidationsSchedule"]
-    rule = rules["SweepInvalidationsSchedule"]["Properties"]
-    # An EventBridge rule sends the standard "Scheduled Event" payload (events/sweep-invalidations.json).
+    assert list(rules) == ["ApplySchedulesSchedule"]
+    rule = rules["ApplySchedulesSchedule"]["Properties"]
+    # An EventBridge rule sends the standard "Scheduled Event" payload (events/apply-schedules.json).
+    assert rule["Name"] == {"Fn::Sub": "feature-flags-${Environment}-apply-schedules"}
     assert rule["ScheduleExpression"] == "rate(1 minute)"
     assert rule["State"] == "ENABLED"
     assert "EventPattern" not in rule
     (target,) = rule["Targets"]
-    assert target["Arn"] == {"Fn::GetAtt": [SWEEP, "Arn"]}
+    assert target["Arn"] == {"Fn::GetAtt": [APPLIER, "Arn"]}
     assert "Input" not in target and "InputTransformer" not in target
-    permission = resources["SweepInvalidationsSchedulePermission"]["Properties"]
-    assert permission["FunctionName"] == {"Ref": SWEEP}
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    permission = resources["ApplySchedulesSchedulePermission"]["Properties"]
+    assert permission["Action"] == "lambda:InvokeFunction"
+    assert permission["FunctionName"] == {"Ref": APPLIER}
     assert permission["Principal"] == "events.amazonaws.com"
-    assert permission["SourceArn"] == {"Fn::GetAtt": ["SweepInvalidationsSchedule", "Arn"]}
+    assert permission["SourceAccount"] == {"Ref": "AWS::AccountId"}
+    assert permission["SourceArn"] == {"Fn::GetAtt": ["ApplySchedulesSchedule", "Arn"]}
     assert props["Timeout"] < 60 and props["Timeout"] > template["Globals"]["Function"]["Timeout"]
     # A failed run is retried by the next scheduled one, never by Lambda alongside it.
     assert props["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
     assert props["EventInvokeConfig"]["MaximumEventAgeInSeconds"] <= 60
 
 
-def test_sweep_reads_only_its_two_ssm_parameters(template, resources, transformed):
-    props = resources[SWEEP]["Properties"]
+def test_applier_reads_only_its_two_ssm_parameters(template, resources, transformed):
+    props = resources[APPLIER]["Properties"]
     # The shared policy: GetParameters on the database and Redis URLs, decrypted through SSM only
     # (its statements are checked by test_functions_may_read_only_their_two_parameters).
     assert props["Policies"] == [{"Ref": "FunctionRuntimePolicy"}]
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
     assert variables["DATABASE_URL_SSM_PARAMETER"] == {"Fn::Sub": "/feature-flags/${Environment}/database-url"}
-    role = transformed["Resources"][f"{SWEEP}Role"]["Properties"]
-    assert "Policies" not in role, "no inline policy: the sweeper gets nothing beyond the shared one"
+    role = transformed["Resources"][f"{APPLIER}Role"]["Properties"]
+    assert "Policies" not in role, "no inline policy: the applier gets nothing beyond the shared one"
     custom = [arn for arn in role["ManagedPolicyArns"] if not isinstance(arn, str)]
     assert custom == [{"Ref": "FunctionRuntimePolicy"}]
     assert all("ssm" not in arn.lower() for arn in role["ManagedPolicyArns"] if isinstance(arn, str))
+    # The overdue metric is an Embedded Metric Format log line, not a PutMetricData call.
+    assert "cloudwatch" not in str(role).lower()
 
 
-def test_sweep_errors_alarm_notifies_the_alert_topic(resources):
-    props = resources["SweepInvalidationsErrorsAlarm"]["Properties"]
+def test_applier_errors_alarm_notifies_the_alert_topic(resources):
+    props = resources["ApplySchedulesErrorsAlarm"]["Properties"]
     assert (props["Namespace"], props["MetricName"], props["Statistic"]) == ("AWS/Lambda", "Errors", "Sum")
-    assert props["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": SWEEP}}]
+    assert props["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": APPLIER}}]
     assert (props["Period"], props["EvaluationPeriods"]) == (300, 1)
     assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
     assert props["TreatMissingData"] == "notBreaching"
     assert props["AlarmActions"] == [{"Ref": "AlertsTopic"}]
+    assert props["OKActions"] == [{"Ref": "AlertsTopic"}]
 
 
-def test_sweep_logs_to_its_own_group(resources):
-    props = resources[SWEEP]["Properties"]
+def test_applier_overdue_alarm_fires_on_late_schedules_and_on_silence(resources):
+    # The applier writes one EMF line per run: FeatureFlags / OverdueScheduleSeconds (Seconds),
+    # dimension FunctionName, = how overdue the oldest still-due schedule is after the pass.
+    props = resources["ApplySchedulesOverdueAlarm"]["Properties"]
+    assert (props["Namespace"], props["MetricName"]) == ("FeatureFlags", "OverdueScheduleSeconds")
+    assert props["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": APPLIER}}]
+    assert props["Statistic"] == "Maximum"
+    assert "ExtendedStatistic" not in props and "Metrics" not in props
+    assert (props["Period"], props["EvaluationPeriods"]) == (300, 1)
+    assert (props["Threshold"], props["ComparisonOperator"]) == (300, "GreaterThanThreshold")
+    # No datapoint for five minutes means the applier is not running: schedules may be overdue.
+    assert props["TreatMissingData"] == "breaching"
+    errors = resources["ApplySchedulesErrorsAlarm"]["Properties"]
+    assert props["AlarmActions"] == errors["AlarmActions"] == [{"Ref": "AlertsTopic"}]
+    assert props.get("OKActions") == errors.get("OKActions")
+    # No Unit filter: an alarm with a Unit matches only datapoints published with that unit.
+    assert "Unit" not in props
+    assert tags_of(props) == COST_TAGS
+
+
+def test_applier_logs_to_its_own_group(resources):
+    props = resources[APPLIER]["Properties"]
     group = resources[props["LoggingConfig"]["LogGroup"]["Ref"]]["Properties"]
-    assert group["LogGroupName"] == {"Fn::Sub": "/aws/lambda/feature-flags-${Environment}-sweep-invalidations"}
+    assert group["LogGroupName"] == {"Fn::Sub": "/aws/lambda/feature-flags-${Environment}-apply-schedules"}
     assert group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
     assert group["KmsKeyId"] == {"Fn::GetAtt": ["ServiceKey", "Arn"]}
 
 
-def test_sweep_is_deployed_at_once_not_through_the_canary(resources, transformed):
+def test_applier_is_deployed_at_once_not_through_the_canary(resources, transformed):
     # No traffic to shift, and the pre-traffic hook only knows HTTP routes (template.md).
-    props = resources[SWEEP]["Properties"]
+    props = resources[APPLIER]["Properties"]
     assert "AutoPublishAlias" not in props
     assert "DeploymentPreference" not in props
     res = transformed["Resources"]
     for alias in of_type(res, "AWS::Lambda::Alias").values():
-        assert alias["Properties"]["FunctionName"] != {"Ref": SWEEP}
+        assert alias["Properties"]["FunctionName"] != {"Ref": APPLIER}
     # Never invoked by API Gateway.
     for permission in of_type(res, "AWS::Lambda::Permission").values():
-        if permission["Properties"]["FunctionName"] == {"Ref": SWEEP}:
+        if permission["Properties"]["FunctionName"] == {"Ref": APPLIER}:
             assert permission["Properties"]["Principal"] != "apigateway.amazonaws.com"
+
+
+def test_applier_checkov_suppressions_name_its_alarms(resources):
+    skips = {s["id"]: s["comment"] for s in resources[APPLIER]["Metadata"]["checkov"]["skip"]}
+    assert set(skips) == {"CKV_AWS_115", "CKV_AWS_116"}
+    assert "ApplySchedulesErrorsAlarm" in skips["CKV_AWS_116"]
+    assert "ApplySchedulesOverdueAlarm" in skips["CKV_AWS_116"]
+
+
+# --- sample events (events/*.json, for sam local invoke and the Lambda emulator tests) -------------
+
+
+def test_every_rust_function_has_a_sample_event_for_its_trigger(resources):
+    events_dir = ROOT / "events"
+    for name, function in rust_functions(resources).items():
+        binary = function["Metadata"]["BuildProperties"]["Binary"]
+        path = events_dir / f"{binary}.json"
+        assert path.is_file(), f"{name}: no {path.relative_to(ROOT)}"
+        event = json.loads(path.read_text())
+        if name == APPLIER:
+            assert (event["source"], event["detail-type"]) == ("aws.events", "Scheduled Event")
+            assert event["resources"] == [f"arn:aws:events:{event['region']}:{event['account']}:rule/feature-flags-dev-{binary}"]
+            continue
+        (api,) = function["Properties"]["Events"].values()
+        method, route = api["Properties"]["Method"], api["Properties"]["Path"]
+        assert event["version"] == "2.0", path.name
+        assert event["routeKey"] == event["requestContext"]["routeKey"] == f"{method} {route}", path.name
+        assert event["requestContext"]["http"]["method"] == method, path.name
+        assert event["rawPath"] == event["requestContext"]["http"]["path"], path.name
+        params = re.findall(r"\{(\w+)\}", route)
+        assert sorted(event.get("pathParameters", {})) == sorted(params), path.name
+        expected = route
+        for param in params:
+            expected = expected.replace("{" + param + "}", event["pathParameters"][param])
+        assert event["rawPath"] == expected, path.name
+        if "body" in event:
+            assert event["headers"]["content-length"] == str(len(event["body"].encode())), path.name
+    assert not (events_dir / "sweep-invalidations.json").exists()
+
+
+def test_schedule_sample_events(resources):
+    create = json.loads((ROOT / "events" / "admin-create-schedule.json").read_text())
+    assert json.loads(create["body"]) == {"scheduledAt": "2030-01-01T09:00:00.000Z", "updates": {"rolloutPercentage": 50}}
+    assert create["headers"]["content-type"] == "application/json"
+    cancel = json.loads((ROOT / "events" / "admin-cancel-schedule.json").read_text())
+    assert str(uuid.UUID(cancel["pathParameters"]["scheduleId"])) == cancel["pathParameters"]["scheduleId"]
+    for name in ("admin-create-schedule", "admin-list-schedules", "admin-cancel-schedule"):
+        event = json.loads((ROOT / "events" / f"{name}.json").read_text())
+        assert event["queryStringParameters"] == {"environment": "production"}, name
+        assert "admin" in event["requestContext"]["authorizer"]["jwt"]["claims"]["cognito:groups"], name
 
 
 # --- cost: AC 12 ------------------------------------------------------------------------------
@@ -647,7 +741,7 @@ def test_every_checkov_suppression_has_a_reason(request, path_fixture):
 
 def test_translated_functions_keep_json_logs_in_their_own_group(transformed):
     functions = of_type(transformed["Resources"], "AWS::Lambda::Function")
-    assert len(functions) == 14  # 12 routes + the sweeper + the pre-traffic hook
+    assert len(functions) == 17  # 15 routes + the scheduled applier + the pre-traffic hook
     for name, function in functions.items():
         props = function["Properties"]
         # SAM merges the global LogFormat with each function's LogGroup.
