@@ -20,6 +20,7 @@ awk '
     else if (bin ~ /^lambda_/) what = "Lambda emulator + SSM emulator + PostgreSQL + Redis"
     else if (bin ~ /^http_/) what = "local HTTP server + PostgreSQL + Redis"
     else if (bin ~ /^write_path/) what = "PostgreSQL + Redis"
+    else if (bin ~ /^schedules/) what = "PostgreSQL + SQLite"
     else if (bin ~ /^write_propagation/) what = "local HTTP servers + PostgreSQL + owned Redis"
     if (passed + failed + ignored > 0) printf "  %-40s %4d passed %3d failed %3d ignored  [%s]\n", bin, passed, failed, ignored, what
     total += passed; totalfailed += failed; totalignored += ignored

@@ -152,6 +152,8 @@ pub enum ApiError {
     FlagNotFound(String),
     OverrideNotFound(String),
     AlreadyExists(String),
+    ScheduleNotFound(String),
+    ScheduleNotCancellable,
     PayloadTooLarge,
     RateLimited { retry_after_secs: u64 },
     RouteNotFound,
@@ -192,6 +194,14 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 json!({"error": "ALREADY_EXISTS", "message": format!("Flag '{key}' already exists")}),
             ),
+            Self::ScheduleNotFound(key) => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "NOT_FOUND", "message": format!("Schedule not found for flag '{key}'")}),
+            ),
+            Self::ScheduleNotCancellable => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "INVALID_STATE", "message": "Cannot cancel schedule that is already applied or failed"}),
+            ),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": "PAYLOAD_TOO_LARGE", "message": format!("Request body must be at most {MAX_BODY_BYTES} bytes")}),
@@ -223,6 +233,8 @@ impl From<flags_core::service::ServiceError> for ApiError {
             E::FlagNotFound(key) => Self::FlagNotFound(key),
             E::OverrideNotFound(key) => Self::OverrideNotFound(key),
             E::AlreadyExists(key) => Self::AlreadyExists(key),
+            E::ScheduleNotFound(key) => Self::ScheduleNotFound(key),
+            E::ScheduleNotCancellable => Self::ScheduleNotCancellable,
             E::RateLimited(limited) => Self::RateLimited {
                 retry_after_secs: limited.retry_after_secs,
             },

@@ -8,11 +8,14 @@ use crate::context::AppContext;
 use crate::routes::Route;
 use crate::validation::{
     Fields, environment, flag_key_param, json_object, optional_query, page_request, user_id_param,
+    utc_timestamp,
 };
 use flags_core::domain::{
-    AuditFilter, Environment, Flag, FlagKey, FlagPatch, MAX_DESCRIPTION_CHARS, NewFlag,
-    NewOverride, OverrideType, Rollout, UserId, UserOverride,
+    AuditFilter, DEFAULT_MAX_RETRIES, Environment, Flag, FlagKey, FlagPatch,
+    MAX_DESCRIPTION_CHARS, NewFlag, NewOverride, NewSchedule, OverrideType, Rollout,
+    ScheduleUpdates, Timestamp, UserId, UserOverride,
 };
+use uuid::Uuid;
 use flags_core::service::RedisStatus;
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -32,6 +35,9 @@ pub async fn handle(ctx: &AppContext, route: Route, request: ApiRequest) -> ApiR
         Route::AdminListOverrides => admin_list_overrides(ctx, &request).await,
         Route::AdminInvalidateCache => admin_invalidate_cache(ctx, &request).await,
         Route::AdminAudit => admin_audit(ctx, &request).await,
+        Route::AdminCreateSchedule => admin_create_schedule(ctx, &request).await,
+        Route::AdminListSchedules => admin_list_schedules(ctx, &request).await,
+        Route::AdminCancelSchedule => admin_cancel_schedule(ctx, &request).await,
     };
     let response = result.unwrap_or_else(ApiError::into_response);
     tracing::info!(
@@ -331,4 +337,130 @@ async fn admin_audit(ctx: &AppContext, request: &ApiRequest) -> Result<ApiRespon
         "items": result.entries,
         "pagination": { "page": page.page, "pageSize": page.page_size, "total": result.total },
     })))
+}
+
+/// `POST /admin/flags/{flagKey}/schedule` (contract §2.6).
+async fn admin_create_schedule(
+    ctx: &AppContext,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
+    let mut errors = ValidationErrors::default();
+    let (env, key) = (
+        environment(request, &mut errors),
+        flag_key_param(request, &mut errors),
+    );
+    let body = json_object(request)?;
+    let mut fields = Fields::new(body, &["scheduledAt", "updates"]);
+    let scheduled_at = fields
+        .string("scheduledAt", 0, usize::MAX, true)
+        .and_then(|raw| match utc_timestamp(&raw) {
+            None => {
+                fields.errors.add(
+                    "scheduledAt",
+                    "scheduledAt must be a valid ISO 8601 datetime",
+                );
+                None
+            }
+            Some(at) if at <= Timestamp::now() => {
+                fields
+                    .errors
+                    .add("scheduledAt", "scheduledAt must be in the future");
+                None
+            }
+            Some(at) => Some(at),
+        });
+    let updates = fields
+        .object("updates", true)
+        .and_then(|map| schedule_updates(map, &mut fields.errors));
+    errors.merge(fields.errors);
+    errors.into_result()?;
+    let (((env, key), scheduled_at), updates) = env
+        .zip(key)
+        .zip(scheduled_at)
+        .zip(updates)
+        .ok_or(ApiError::Internal)?;
+    let new = NewSchedule {
+        scheduled_at,
+        updates,
+        max_retries: DEFAULT_MAX_RETRIES,
+    };
+    let schedule = ctx
+        .service
+        .create_schedule(&env, &key, new, Some(&admin.actor()))
+        .await?;
+    Ok(ApiResponse::json(StatusCode::CREATED, json!(schedule)))
+}
+
+/// The `updates` object of a schedule; its problems are reported under `updates`.
+fn schedule_updates(
+    map: serde_json::Map<String, Value>,
+    errors: &mut ValidationErrors,
+) -> Option<ScheduleUpdates> {
+    let mut fields = Fields::new(map, &["enabled", "rolloutPercentage"]);
+    let updates = ScheduleUpdates {
+        enabled: fields.bool("enabled"),
+        rollout: fields
+            .integer("rolloutPercentage", 0, 100)
+            .and_then(Rollout::new),
+    };
+    let nested = fields.errors;
+    if !nested.is_empty() {
+        let messages = nested.form.into_iter().chain(nested.fields.into_values().flatten());
+        for message in messages {
+            errors.add("updates", message);
+        }
+        return None;
+    }
+    if updates.is_empty() {
+        errors.add(
+            "updates",
+            "At least one update property (enabled or rolloutPercentage) is required",
+        );
+        return None;
+    }
+    Some(updates)
+}
+
+/// `GET /admin/flags/{flagKey}/schedule`: every status, by `scheduledAt`.
+async fn admin_list_schedules(
+    ctx: &AppContext,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    require_admin(ctx.verifier.as_ref(), request).await?;
+    let mut errors = ValidationErrors::default();
+    let (env, key) = (
+        environment(request, &mut errors),
+        flag_key_param(request, &mut errors),
+    );
+    errors.into_result()?;
+    let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
+    let schedules = ctx.service.list_schedules(&env, &key).await?;
+    Ok(ApiResponse::ok(json!(schedules)))
+}
+
+/// `DELETE /admin/flags/{flagKey}/schedule/{scheduleId}`: a pending schedule (also one waiting
+/// for a retry) becomes `cancelled`.
+async fn admin_cancel_schedule(
+    ctx: &AppContext,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
+    let mut errors = ValidationErrors::default();
+    let (env, key) = (
+        environment(request, &mut errors),
+        flag_key_param(request, &mut errors),
+    );
+    errors.into_result()?;
+    let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
+    // An id that is not a UUID names no schedule: the same 404 as an unknown one.
+    let id = request
+        .path_param("scheduleId")
+        .and_then(|raw| Uuid::parse_str(raw).ok())
+        .unwrap_or(Uuid::nil());
+    let schedule = ctx
+        .service
+        .cancel_schedule(&env, &key, id, Some(&admin.actor()))
+        .await?;
+    Ok(ApiResponse::ok(json!(schedule)))
 }

@@ -10,7 +10,10 @@ use bytes::Bytes;
 use flags_core::telemetry::{self, LogFormat};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, LambdaEvent, Request, RequestExt, Response, service_fn};
-use serde_json::Value;
+use flags_core::domain::{ApplyReport, Timestamp};
+use flags_core::service::SweepReport;
+use serde::Serialize;
+use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// Init shared by every function: configuration, pools, Redis client, JWKS.
@@ -40,20 +43,21 @@ pub async fn run(route: Route) -> Result<(), lambda_http::Error> {
     .await
 }
 
-/// Why a sweep invocation failed; its `errorType` is the variant's name, for alarms and filters.
+/// Why a scheduled invocation failed; its `errorType` is the variant's name, for alarms and
+/// log filters.
 #[derive(Debug, thiserror::Error)]
-pub enum SweepError {
-    #[error("could not read the pending invalidations: {0}")]
+pub enum SchedulerError {
+    #[error("the database did not answer: {0}")]
     Database(#[from] flags_core::service::ServiceError),
     #[error("{0} environment(s) still owe a cache invalidation: Redis did not answer")]
     RedisUnavailable(u64),
 }
 
-impl From<SweepError> for lambda_http::lambda_runtime::Diagnostic {
-    fn from(error: SweepError) -> Self {
+impl From<SchedulerError> for lambda_http::lambda_runtime::Diagnostic {
+    fn from(error: SchedulerError) -> Self {
         let error_type = match &error {
-            SweepError::Database(_) => "DatabaseUnavailable",
-            SweepError::RedisUnavailable(_) => "RedisUnavailable",
+            SchedulerError::Database(_) => "DatabaseUnavailable",
+            SchedulerError::RedisUnavailable(_) => "RedisUnavailable",
         };
         Self {
             error_type: error_type.to_owned(),
@@ -62,20 +66,60 @@ impl From<SweepError> for lambda_http::lambda_runtime::Diagnostic {
     }
 }
 
-/// Init, then the runtime loop of the scheduled sweeper (any event, e.g. EventBridge's). An
-/// invalidation that fails again is an error of the invocation, so the function's error alarm
-/// tells operators that caches are waiting on Redis.
-pub async fn run_sweeper() -> Result<(), lambda_http::Error> {
+/// What one scheduled invocation did: the applier pass, then the invalidation sweep.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulerReport {
+    #[serde(flatten)]
+    pub schedules: ApplyReport,
+    /// How late the most overdue schedule still waiting is (0 when none), in seconds.
+    pub overdue_seconds: u64,
+    pub invalidations: SweepReport,
+}
+
+/// One scheduled invocation: applies the due schedules (contract §2.6), reports how overdue the
+/// rest are, then completes the pending invalidations (§3.1). A sweep that still cannot reach
+/// Redis fails the invocation, so the function's error alarm tells operators that caches wait.
+pub async fn run_scheduled_work(context: &AppContext) -> Result<SchedulerReport, SchedulerError> {
+    let schedules = context.service.apply_due_schedules().await?;
+    let overdue_seconds = context.service.overdue_seconds(Timestamp::now()).await?;
+    emit_overdue_metric(overdue_seconds);
+    let invalidations = context.service.sweep_pending_invalidations().await?;
+    if invalidations.failed > 0 {
+        return Err(SchedulerError::RedisUnavailable(invalidations.failed));
+    }
+    Ok(SchedulerReport {
+        schedules,
+        overdue_seconds,
+        invalidations,
+    })
+}
+
+/// Writes `OverdueScheduleSeconds` as a CloudWatch Embedded Metric Format line: Lambda's log
+/// stream turns it into a metric, which the template's overdue alarm watches.
+fn emit_overdue_metric(seconds: u64) {
+    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default();
+    let line = json!({
+        "_aws": {
+            "Timestamp": Timestamp::now().as_datetime().timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": "FeatureFlags",
+                "Dimensions": [["FunctionName"]],
+                "Metrics": [{"Name": "OverdueScheduleSeconds", "Unit": "Seconds"}],
+            }],
+        },
+        "FunctionName": function,
+        "OverdueScheduleSeconds": seconds,
+    });
+    println!("{line}");
+}
+
+/// Init, then the runtime loop of the scheduled function (any event, e.g. EventBridge's).
+pub async fn run_scheduler() -> Result<(), lambda_http::Error> {
     let context = init().await?;
     lambda_http::lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
         let context = context.clone();
-        async move {
-            let report = context.service.sweep_pending_invalidations().await?;
-            if report.failed > 0 {
-                return Err(SweepError::RedisUnavailable(report.failed));
-            }
-            Ok(report)
-        }
+        async move { run_scheduled_work(&context).await }
     }))
     .await
 }

@@ -17,10 +17,13 @@ pub enum Route {
     AdminListOverrides,
     AdminInvalidateCache,
     AdminAudit,
+    AdminCreateSchedule,
+    AdminListSchedules,
+    AdminCancelSchedule,
 }
 
 impl Route {
-    pub const ALL: [Route; 12] = [
+    pub const ALL: [Route; 15] = [
         Route::GetFlags,
         Route::GetFlag,
         Route::Health,
@@ -33,6 +36,9 @@ impl Route {
         Route::AdminListOverrides,
         Route::AdminInvalidateCache,
         Route::AdminAudit,
+        Route::AdminCreateSchedule,
+        Route::AdminListSchedules,
+        Route::AdminCancelSchedule,
     ];
 
     /// Method and path template as API Gateway routes them.
@@ -50,6 +56,12 @@ impl Route {
             Self::AdminListOverrides => (Method::GET, "/admin/flags/{flagKey}/users"),
             Self::AdminInvalidateCache => (Method::POST, "/admin/cache/invalidate"),
             Self::AdminAudit => (Method::GET, "/admin/audit"),
+            Self::AdminCreateSchedule => (Method::POST, "/admin/flags/{flagKey}/schedule"),
+            Self::AdminListSchedules => (Method::GET, "/admin/flags/{flagKey}/schedule"),
+            Self::AdminCancelSchedule => (
+                Method::DELETE,
+                "/admin/flags/{flagKey}/schedule/{scheduleId}",
+            ),
         }
     }
 
@@ -68,6 +80,9 @@ impl Route {
             Self::AdminListOverrides => "admin-list-overrides",
             Self::AdminInvalidateCache => "admin-invalidate-cache",
             Self::AdminAudit => "admin-audit",
+            Self::AdminCreateSchedule => "admin-create-schedule",
+            Self::AdminListSchedules => "admin-list-schedules",
+            Self::AdminCancelSchedule => "admin-cancel-schedule",
         }
     }
 
@@ -122,7 +137,8 @@ mod tests {
             let (method, template) = route.spec();
             let concrete = template
                 .replace("{flagKey}", "my-flag")
-                .replace("{userId}", "user-1");
+                .replace("{userId}", "user-1")
+                .replace("{scheduleId}", "3f2b1c1e-0000-4000-8000-000000000001");
             let (found, params) = Route::match_path(&method, &segments(&concrete)).unwrap();
             assert_eq!(found, route, "{template}");
             if template.contains("{flagKey}") {
@@ -136,6 +152,6 @@ mod tests {
         assert!(Route::match_path(&Method::GET, &segments("/nope")).is_none());
         assert!(Route::match_path(&Method::PUT, &segments("/admin/flags/x")).is_none());
         assert!(Route::match_path(&Method::GET, &segments("/config/flags/a/b")).is_none());
-        assert_eq!(Route::ALL.iter().filter(|r| r.is_admin()).count(), 9);
+        assert_eq!(Route::ALL.iter().filter(|r| r.is_admin()).count(), 12);
     }
 }

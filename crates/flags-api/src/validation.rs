@@ -2,7 +2,7 @@
 //! problem of a request into one 400 instead of stopping at the first.
 
 use crate::api::{ApiError, ApiRequest, MAX_BODY_BYTES, ValidationErrors};
-use flags_core::domain::{Environment, FlagKey, NameError, UserId};
+use flags_core::domain::{Environment, FlagKey, NameError, Timestamp, UserId};
 use flags_core::service::PageRequest;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -165,6 +165,23 @@ impl Fields {
         }
     }
 
+    /// A JSON object; absent → "Required" when `required`.
+    pub fn object(&mut self, name: &str, required: bool) -> Option<Map<String, Value>> {
+        let Some(value) = self.map.get(name).cloned() else {
+            if required {
+                self.required(name);
+            }
+            return None;
+        };
+        match value {
+            Value::Object(map) => Some(map),
+            other => {
+                self.wrong_type(name, "object", &other);
+                None
+            }
+        }
+    }
+
     /// One of `options`; absent → "Required" when `required`.
     pub fn one_of(&mut self, name: &str, options: &[&str], required: bool) -> Option<String> {
         let value = self.string(name, 0, usize::MAX, required)?;
@@ -183,6 +200,12 @@ impl Fields {
             None
         }
     }
+}
+
+/// An ISO 8601 UTC timestamp as JavaScript writes it: `YYYY-MM-DDTHH:MM:SS[.fff…]Z`.
+pub fn utc_timestamp(raw: &str) -> Option<Timestamp> {
+    let shaped = raw.len() >= 20 && raw.as_bytes()[10] == b'T' && raw.ends_with('Z');
+    shaped.then(|| Timestamp::parse(raw)).flatten()
 }
 
 /// The `environment` query parameter (missing or empty → `production`).
@@ -289,6 +312,22 @@ mod tests {
             ["Invalid enum value. Expected 'include' | 'exclude', received 'maybe'"]
         );
         assert_eq!(e["flagKey"], ["Required"]);
+    }
+
+    #[test]
+    fn utc_timestamps_need_the_javascript_shape() {
+        assert!(utc_timestamp("2030-01-01T09:00:00.000Z").is_some());
+        assert!(utc_timestamp("2030-01-01T09:00:00Z").is_some());
+        for bad in [
+            "2030-01-01T09:00:00+00:00",
+            "2030-01-01 09:00:00Z",
+            "2030-01-01",
+            "2030-13-01T09:00:00Z",
+            "tomorrow",
+            "",
+        ] {
+            assert!(utc_timestamp(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

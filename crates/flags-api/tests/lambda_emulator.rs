@@ -1,7 +1,8 @@
 //! The real release Lambda binaries under a Lambda runtime emulator (`cargo lambda watch
 //! --only-lambda-apis`), fed the events in `events/`: every route function with Redis up, with
 //! Redis down, without `REDIS_URL`, and with the URLs in a local SSM emulator (AC5, AC16); the
-//! scheduled `sweep-invalidations` function in the same three cases (contract §3.1). Cargo builds
+//! scheduled `apply-schedules` function (contract §2.6, and the §3.1 sweep it also runs) in the
+//! same three cases. Cargo builds
 //! the binaries for this test in the test's own profile: `make test` runs it with `--release`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
@@ -57,7 +58,10 @@ fn release_binary(function: &str) -> &'static str {
         "admin-list-overrides" => env!("CARGO_BIN_EXE_admin-list-overrides"),
         "admin-invalidate-cache" => env!("CARGO_BIN_EXE_admin-invalidate-cache"),
         "admin-audit" => env!("CARGO_BIN_EXE_admin-audit"),
-        "sweep-invalidations" => env!("CARGO_BIN_EXE_sweep-invalidations"),
+        "admin-create-schedule" => env!("CARGO_BIN_EXE_admin-create-schedule"),
+        "admin-list-schedules" => env!("CARGO_BIN_EXE_admin-list-schedules"),
+        "admin-cancel-schedule" => env!("CARGO_BIN_EXE_admin-cancel-schedule"),
+        "apply-schedules" => env!("CARGO_BIN_EXE_apply-schedules"),
         other => panic!("no function binary named {other}"),
     }
 }
@@ -218,7 +222,7 @@ fn body(response: &Value) -> Value {
 
 /// Every route function, in an order where each event finds what it needs (create before
 /// delete), the audit log last so that it sees every write before it.
-const SEQUENCE: [(&str, i64); 12] = [
+const SEQUENCE: [(&str, i64); 15] = [
     ("health", 200),
     ("get-flags", 200),
     ("get-flag", 200),
@@ -231,6 +235,10 @@ const SEQUENCE: [(&str, i64); 12] = [
     ("admin-delete-flag", 204),
     ("admin-invalidate-cache", 200),
     ("admin-audit", 200),
+    // After the audit check: creating a schedule writes an audit row but owes the cache nothing.
+    ("admin-create-schedule", 201),
+    ("admin-list-schedules", 200),
+    ("admin-cancel-schedule", 404),
 ];
 
 /// Writes of `SEQUENCE` that succeed (each function is invoked twice: the second create is a 409,
@@ -443,6 +451,18 @@ async fn every_function_answers(redis: Option<String>, expected_redis: &str) {
                     }
                 }
             }
+            "admin-create-schedule" => {
+                assert_eq!(first["status"], "pending", "{first}");
+                assert_eq!(first["flagKey"], "wishlist-gallery", "{first}");
+                assert_eq!(first["updates"], json!({"rolloutPercentage": 50}), "{first}");
+                assert_eq!(first["scheduledAt"], "2030-01-01T09:00:00.000Z", "{first}");
+                assert_eq!(first["createdBy"], ADMIN_SUB, "{first}");
+            }
+            "admin-list-schedules" => assert_eq!(first.as_array().map(Vec::len), Some(2)),
+            "admin-cancel-schedule" => assert_eq!(
+                first,
+                json!({"error": "NOT_FOUND", "message": "Schedule not found for flag 'wishlist-gallery'"})
+            ),
             "admin-audit" => {
                 assert_production_audit(&first);
                 assert_audit_of_every_environment(
@@ -480,7 +500,7 @@ async fn functions_without_redis_url() {
     every_function_answers(None, "disabled").await;
 }
 
-/// The error message of a sweep that could not invalidate one environment (`lambda::run_sweeper`).
+/// The error message of a sweep that could not invalidate one environment (`lambda::run_scheduled_work`).
 const ONE_INVALIDATION_OWED: &str =
     "1 environment(s) still owe a cache invalidation: Redis did not answer";
 
@@ -522,13 +542,13 @@ async fn sweep_with_redis_up_invalidates_each_environment_and_removes_its_record
     assert_eq!(pending_rows(&database_url).await, vec![(id, env_a.clone())]);
 
     let lambda = Lambda::start(
-        "sweep-invalidations",
+        "apply-schedules",
         &[
             ("DATABASE_URL", database_url.clone()),
             ("REDIS_URL", redis.clone()),
         ],
     );
-    let sweep = event("sweep-invalidations");
+    let sweep = event("apply-schedules");
 
     // Cold start with a record owed, as after an outage. Two sweeps race for it: this
     // invocation's, and the one every instance starts when its Redis connection comes up
@@ -536,7 +556,7 @@ async fn sweep_with_redis_up_invalidates_each_environment_and_removes_its_record
     // recovery). Whichever order they run in, when the invocation returns the record is gone with
     // the snapshot, and the counters were bumped together once or (both sweeps saw the record)
     // twice. The invocation reports the record only when its own sweep did it.
-    let cold = lambda.invoke_ok(&sweep).await;
+    let cold = lambda.invoke_ok(&sweep).await["invalidations"].clone();
     assert!(
         cold == json!({"swept": 1, "environments": 1, "failed": 0})
             || cold == json!({"swept": 0, "environments": 0, "failed": 0}),
@@ -559,7 +579,7 @@ async fn sweep_with_redis_up_invalidates_each_environment_and_removes_its_record
     );
 
     // Warm, nothing owed: nothing done.
-    let warm = lambda.invoke_ok(&sweep).await;
+    let warm = lambda.invoke_ok(&sweep).await["invalidations"].clone();
     assert_eq!(warm, json!({"swept": 0, "environments": 0, "failed": 0}));
 
     // Warm, several records of two environments: this invocation alone completes them (the
@@ -570,7 +590,7 @@ async fn sweep_with_redis_up_invalidates_each_environment_and_removes_its_record
     for env in [&env_b, &env_a, &env_b] {
         insert_pending(&database_url, env).await;
     }
-    let batch = lambda.invoke_ok(&sweep).await;
+    let batch = lambda.invoke_ok(&sweep).await["invalidations"].clone();
     assert_eq!(
         batch,
         json!({"swept": 3, "environments": 2, "failed": 0}),
@@ -602,13 +622,13 @@ async fn sweep_with_redis_unreachable_fails_the_invocation_and_keeps_the_record(
     let id = insert_pending(&database_url, &env).await;
     // Nothing listens on this port.
     let lambda = Lambda::start(
-        "sweep-invalidations",
+        "apply-schedules",
         &[
             ("DATABASE_URL", database_url.clone()),
             ("REDIS_URL", format!("redis://127.0.0.1:{}", free_port())),
         ],
     );
-    let sweep = event("sweep-invalidations");
+    let sweep = event("apply-schedules");
     // Cold, then warm: the process survives a failed invocation and tries again.
     for _ in 0..2 {
         let invocation = lambda.invoke(&sweep).await;
@@ -645,15 +665,86 @@ async fn sweep_without_redis_url_completes_at_once() {
     let env = unique("sweep-");
     insert_pending(&database_url, &env).await;
     let lambda = Lambda::start(
-        "sweep-invalidations",
+        "apply-schedules",
         &[("DATABASE_URL", database_url.clone())],
     );
-    let sweep = event("sweep-invalidations");
+    let sweep = event("apply-schedules");
     let cold = lambda.invoke_ok(&sweep).await;
-    assert_eq!(cold, json!({"swept": 1, "environments": 1, "failed": 0}));
+    assert_eq!(cold["invalidations"], json!({"swept": 1, "environments": 1, "failed": 0}));
     assert_eq!(pending_rows(&database_url).await, vec![]);
     let warm = lambda.invoke_ok(&sweep).await;
-    assert_eq!(warm, json!({"swept": 0, "environments": 0, "failed": 0}));
+    assert_eq!(warm["invalidations"], json!({"swept": 0, "environments": 0, "failed": 0}));
+}
+
+/// A schedule that came due a second ago on the seeded `wishlist-gallery` (production).
+async fn insert_due_schedule(database_url: &str, rollout: i32) -> uuid::Uuid {
+    let mut connection = support::postgres(database_url).await;
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO flag_schedules (id, flag_id, environment, flag_key, scheduled_at, status, \
+           updates, retry_count, max_retries, created_at) \
+         SELECT $1, id, environment, flag_key, now() - interval '1 second', 'pending', $2, 0, 3, now() \
+         FROM feature_flags WHERE environment = 'production' AND flag_key = 'wishlist-gallery'",
+    )
+    .bind(id)
+    .bind(json!({"rolloutPercentage": rollout}).to_string())
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    id
+}
+
+/// The EventBridge event applies a due schedule once, through the write path: the flag changes,
+/// the cached snapshot goes, nothing is owed; the next invocation has nothing to do.
+#[tokio::test]
+async fn the_applier_applies_a_due_schedule_once() {
+    let database_url = seeded_postgres_url().await;
+    let redis = redis_url(12).await;
+    let raw = redis_client(&redis).await;
+    let id = insert_due_schedule(&database_url, 33).await;
+    let snapshot = json!({"flags": {}, "expiresAt": 4_102_444_800_000_u64}).to_string();
+    let _: () = raw
+        .set("feature_flags:production", snapshot, None, None, false)
+        .await
+        .unwrap();
+    let lambda = Lambda::start(
+        "apply-schedules",
+        &[("DATABASE_URL", database_url.clone()), ("REDIS_URL", redis)],
+    );
+    let tick = event("apply-schedules");
+
+    let first = lambda.invoke_ok(&tick).await;
+    assert_eq!(
+        (&first["processed"], &first["applied"], &first["failed"], &first["overdueSeconds"]),
+        (&json!(1), &json!(1), &json!(0), &json!(0)),
+        "{first}\n{}",
+        lambda.logs()
+    );
+    assert!(first["durationMs"].is_u64(), "{first}");
+    let mut connection = support::postgres(&database_url).await;
+    let (status, rollout): (String, i32) = sqlx::query_as(
+        "SELECT s.status, f.rollout_percentage FROM flag_schedules s \
+         JOIN feature_flags f ON f.id = s.flag_id WHERE s.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), rollout), ("applied", 33));
+    assert_eq!(redis_get(&raw, "feature_flags:production".to_owned()).await, None);
+    assert_eq!(pending_rows(&database_url).await, vec![]);
+
+    let second = lambda.invoke_ok(&tick).await;
+    assert_eq!((&second["processed"], &second["applied"]), (&json!(0), &json!(0)), "{second}");
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM flag_audit_log WHERE action = 'schedule.applied'",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    assert_eq!(applied, 1);
+    // The overdue metric reaches CloudWatch as an Embedded Metric Format line on stdout.
+    assert!(lambda.logs().contains("\"OverdueScheduleSeconds\":0"), "{}", lambda.logs());
 }
 
 #[tokio::test]

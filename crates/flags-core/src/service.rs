@@ -3,15 +3,21 @@
 
 use crate::cache::{CacheFill, CacheKind, FlagCache, InvalidateAllReport, Invalidation};
 use crate::domain::{
-    Actor, AuditAction, AuditFilter, AuditPage, Environment, EvaluationContext, Flag, FlagKey,
-    FlagPatch, FlagSet, NewFlag, NewOverride, OverridePage, UserOverride, UserOverrides, evaluate,
-    evaluate_all,
+    APPLY_BATCH, Actor, ApplyOutcome, ApplyReport, AuditAction, AuditFilter, AuditPage,
+    Environment, EvaluationContext, Flag, FlagKey, FlagPatch, FlagSet, NewFlag, NewOverride,
+    NewSchedule, OverridePage, Schedule, Timestamp, UserOverride, UserOverrides, evaluate,
+    evaluate_all, random_jitter,
 };
 use crate::rate_limit::{OverrideRateLimiter, RateDecision, RateLimited};
-use crate::store::{AuditLimit, AuditRecord, Committed, FlagStore, PendingId, StoreError};
+use crate::store::{
+    AuditLimit, AuditRecord, Committed, FlagStore, PendingId, ScheduleClaim, StoreError,
+};
+use chrono::TimeDelta;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
+use uuid::Uuid;
 
 /// Pending invalidations one sweep takes on at most; the next sweep takes the rest.
 const SWEEP_BATCH: u32 = 1_000;
@@ -24,6 +30,10 @@ pub enum ServiceError {
     OverrideNotFound(String),
     #[error("flag '{0}' already exists")]
     AlreadyExists(String),
+    #[error("schedule not found for flag '{0}'")]
+    ScheduleNotFound(String),
+    #[error("the schedule is already applied or failed")]
+    ScheduleNotCancellable,
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
     #[error(transparent)]
@@ -340,6 +350,135 @@ impl FlagService {
             .await?)
     }
 
+    /// Schedules `new.updates` for the flag (contract §2.6).
+    pub async fn create_schedule(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        new: NewSchedule,
+        actor: Option<&Actor>,
+    ) -> Result<Schedule, ServiceError> {
+        self.store
+            .create_schedule(env, key, &new, actor)
+            .await
+            .map_err(|e| named_after(e, key))
+    }
+
+    /// Every schedule of the flag, by `scheduledAt`.
+    pub async fn list_schedules(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+    ) -> Result<Vec<Schedule>, ServiceError> {
+        self.store
+            .list_schedules(env, key)
+            .await
+            .map_err(|e| named_after(e, key))
+    }
+
+    pub async fn cancel_schedule(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        id: Uuid,
+        actor: Option<&Actor>,
+    ) -> Result<Schedule, ServiceError> {
+        self.store
+            .cancel_schedule(env, key, id, actor)
+            .await
+            .map_err(|e| named_after(e, key))
+    }
+
+    /// The schedules an applier pass would take now, in its order (at most one pass's worth).
+    pub async fn due_schedules(&self, now: Timestamp) -> Result<Vec<Schedule>, ServiceError> {
+        Ok(self.store.due_schedules(now, APPLY_BATCH).await?)
+    }
+
+    /// How late the most overdue schedule still waiting is, in whole seconds (0 when none).
+    pub async fn overdue_seconds(&self, now: Timestamp) -> Result<u64, ServiceError> {
+        let due = self.store.due_schedules(now, APPLY_BATCH).await?;
+        Ok(due
+            .iter()
+            .map(|s| (now.as_datetime() - s.due_at().as_datetime()).num_seconds())
+            .max()
+            .map_or(0, |late| u64::try_from(late).unwrap_or(0)))
+    }
+
+    /// One applier pass (contract §2.6): up to 100 due schedules, each claimed and applied in its
+    /// own transaction; applied changes then reach readers like any flag update (§3.1).
+    pub async fn apply_due_schedules(&self) -> Result<ApplyReport, ServiceError> {
+        self.apply_due_schedules_at(Timestamp::now(), random_jitter)
+            .await
+    }
+
+    /// [`Self::apply_due_schedules`] at a given time with a given retry jitter: tests use it to
+    /// step through retries without waiting minutes for them.
+    pub async fn apply_due_schedules_at(
+        &self,
+        now: Timestamp,
+        jitter: impl Fn() -> TimeDelta,
+    ) -> Result<ApplyReport, ServiceError> {
+        let started = Instant::now();
+        let mut report = ApplyReport::default();
+        let mut busy: Vec<Uuid> = Vec::new();
+        while report.processed < u64::from(APPLY_BATCH) && busy.len() < APPLY_BATCH as usize {
+            match self.store.apply_next_schedule(now, jitter(), &busy).await? {
+                ScheduleClaim::NothingDue => break,
+                ScheduleClaim::FlagBusy(id) => busy.push(id),
+                ScheduleClaim::Attempted { outcome, pending } => {
+                    report.processed += 1;
+                    self.after_attempt(*outcome, pending, &mut report).await;
+                }
+            }
+        }
+        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if report.processed > 0 || !busy.is_empty() {
+            tracing::info!(
+                processed = report.processed,
+                applied = report.applied,
+                failed = report.failed,
+                busy = busy.len(),
+                duration_ms = report.duration_ms,
+                "schedules applied"
+            );
+        }
+        Ok(report)
+    }
+
+    async fn after_attempt(
+        &self,
+        outcome: ApplyOutcome,
+        pending: Option<PendingId>,
+        report: &mut ApplyReport,
+    ) {
+        match outcome {
+            ApplyOutcome::Applied { schedule } => {
+                report.applied += 1;
+                tracing::info!(schedule = %schedule.id, flag_key = %schedule.flag_key,
+                    environment = %schedule.environment, "schedule applied");
+                if let (Some(pending), Ok(env)) = (pending, Environment::parse(&schedule.environment)) {
+                    let committed = Committed { value: (), pending };
+                    self.propagate(&env, Invalidation::Flags, committed).await;
+                }
+            }
+            ApplyOutcome::RetryScheduled {
+                schedule,
+                next_attempt,
+            } => {
+                tracing::warn!(schedule = %schedule.id, flag_key = %schedule.flag_key,
+                    environment = %schedule.environment, attempt = schedule.retry_count,
+                    next_attempt = %next_attempt, error = schedule.error_message.as_deref(),
+                    "schedule attempt failed; retrying later");
+            }
+            ApplyOutcome::Failed { schedule } => {
+                report.failed += 1;
+                tracing::error!(schedule = %schedule.id, flag_key = %schedule.flag_key,
+                    environment = %schedule.environment, attempts = schedule.retry_count,
+                    error = schedule.error_message.as_deref(), "schedule failed");
+            }
+        }
+    }
+
     /// One page of the audit log, newest first.
     pub async fn list_audit(
         &self,
@@ -483,6 +622,8 @@ fn named_after(error: StoreError, key: &FlagKey) -> ServiceError {
         StoreError::AlreadyExists => ServiceError::AlreadyExists(key.to_string()),
         StoreError::FlagNotFound => ServiceError::FlagNotFound(key.to_string()),
         StoreError::OverrideNotFound => ServiceError::OverrideNotFound(key.to_string()),
+        StoreError::ScheduleNotFound => ServiceError::ScheduleNotFound(key.to_string()),
+        StoreError::ScheduleNotCancellable => ServiceError::ScheduleNotCancellable,
         StoreError::RateLimited(limited) => ServiceError::RateLimited(limited),
         other => other.into(),
     }

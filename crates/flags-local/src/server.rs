@@ -16,8 +16,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The local server's background work, every `interval` until the returned handle is aborted:
-/// completing the cache invalidations writers could not (contract §3.1). In AWS a scheduled
-/// function does the same once a minute.
+/// applying the flag schedules that are due (contract §2.6), then completing the cache
+/// invalidations writers could not (§3.1). In AWS a scheduled function does both once a minute.
 pub fn spawn_background_work(
     service: Arc<FlagService>,
     interval: Duration,
@@ -27,6 +27,9 @@ pub fn spawn_background_work(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            if let Err(error) = service.apply_due_schedules().await {
+                tracing::warn!(error = %error, "background schedule pass failed; retrying next tick");
+            }
             if let Err(error) = service.sweep_pending_invalidations().await {
                 tracing::warn!(error = %error, "background sweep failed; retrying next tick");
             }

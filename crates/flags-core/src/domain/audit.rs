@@ -19,16 +19,24 @@ pub enum AuditAction {
     FlagDeleted,
     OverrideUpserted,
     OverrideDeleted,
+    ScheduleCreated,
+    ScheduleCancelled,
+    ScheduleApplied,
+    ScheduleFailed,
     CacheInvalidated,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 6] = [
+    pub const ALL: [AuditAction; 10] = [
         Self::FlagCreated,
         Self::FlagUpdated,
         Self::FlagDeleted,
         Self::OverrideUpserted,
         Self::OverrideDeleted,
+        Self::ScheduleCreated,
+        Self::ScheduleCancelled,
+        Self::ScheduleApplied,
+        Self::ScheduleFailed,
         Self::CacheInvalidated,
     ];
 
@@ -39,6 +47,10 @@ impl AuditAction {
             Self::FlagDeleted => "flag.deleted",
             Self::OverrideUpserted => "override.upserted",
             Self::OverrideDeleted => "override.deleted",
+            Self::ScheduleCreated => "schedule.created",
+            Self::ScheduleCancelled => "schedule.cancelled",
+            Self::ScheduleApplied => "schedule.applied",
+            Self::ScheduleFailed => "schedule.failed",
             Self::CacheInvalidated => "cache.invalidated",
         }
     }

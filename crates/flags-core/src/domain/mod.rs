@@ -3,11 +3,16 @@
 mod audit;
 mod evaluation;
 mod names;
+mod schedule;
 mod time;
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter, AuditPage};
 pub use evaluation::{EvaluationContext, bucket, evaluate, evaluate_all};
 pub use names::{Environment, FlagKey, NameError, UserId};
+pub use schedule::{
+    APPLY_BATCH, ApplyOutcome, ApplyReport, DEFAULT_MAX_RETRIES, NewSchedule, RETRY_JITTER_MAX,
+    Schedule, ScheduleStatus, ScheduleUpdates, random_jitter, retry_at,
+};
 pub use time::Timestamp;
 
 use serde::{Deserialize, Serialize};

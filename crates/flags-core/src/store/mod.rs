@@ -10,8 +10,8 @@ mod sql;
 pub use sql::{PostgresStore, SqliteStore};
 
 use crate::domain::{
-    Actor, AuditFilter, AuditPage, Environment, Flag, FlagKey, FlagPatch, NewFlag, NewOverride,
-    OverridePage, UserOverride, UserOverrides,
+    Actor, ApplyOutcome, AuditFilter, AuditPage, Environment, Flag, FlagKey, FlagPatch, NewFlag,
+    NewOverride, NewSchedule, OverridePage, Schedule, Timestamp, UserOverride, UserOverrides,
 };
 use crate::rate_limit::{AuditWindow, RateLimited};
 use async_trait::async_trait;
@@ -26,6 +26,10 @@ pub enum StoreError {
     FlagNotFound,
     #[error("the user override does not exist")]
     OverrideNotFound,
+    #[error("the flag has no such schedule")]
+    ScheduleNotFound,
+    #[error("the schedule is already applied or failed")]
+    ScheduleNotCancellable,
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
     #[error("database error: {0}")]
@@ -52,6 +56,22 @@ pub struct PendingInvalidation {
 pub struct Committed<T> {
     pub value: T,
     pub pending: PendingId,
+}
+
+/// What one step of an applier pass found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScheduleClaim {
+    /// No schedule is due (other than the skipped ones).
+    NothingDue,
+    /// The next due schedule's flag is being written right now: it is left for a later pass
+    /// (waiting for that lock while holding the schedule's could deadlock with a flag delete).
+    FlagBusy(Uuid),
+    /// The schedule was attempted and its outcome committed; `pending` is the invalidation an
+    /// applied change still owes the cache.
+    Attempted {
+        outcome: Box<ApplyOutcome>,
+        pending: Option<PendingId>,
+    },
 }
 
 /// How an override change is counted against the rate limit (contract §2.5) inside its
@@ -156,6 +176,45 @@ pub trait FlagStore: Send + Sync + std::fmt::Debug {
         env: &Environment,
         user_id: &str,
     ) -> Result<UserOverrides, StoreError>;
+
+    /// Creates a schedule on the flag ([`StoreError::FlagNotFound`] when absent), with its
+    /// `schedule.created` audit row.
+    async fn create_schedule(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        new: &NewSchedule,
+        actor: Option<&Actor>,
+    ) -> Result<Schedule, StoreError>;
+    /// Every schedule of the flag, whatever its status, by `scheduledAt`.
+    async fn list_schedules(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+    ) -> Result<Vec<Schedule>, StoreError>;
+    /// Cancels a pending schedule, also one waiting for a retry; a cancelled one is returned as
+    /// it is. [`StoreError::ScheduleNotCancellable`] once applied or failed.
+    async fn cancel_schedule(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        id: Uuid,
+        actor: Option<&Actor>,
+    ) -> Result<Schedule, StoreError>;
+    /// Pending schedules due at `now`, in the order the applier takes them (retries first, then
+    /// by time), at most `limit`. Nothing is locked: this is for display.
+    async fn due_schedules(&self, now: Timestamp, limit: u32) -> Result<Vec<Schedule>, StoreError>;
+    /// One step of an applier pass, in one transaction: claims the next due schedule not in
+    /// `skip` (`FOR UPDATE SKIP LOCKED`, so concurrent appliers take different ones), applies its
+    /// updates like [`Self::update_flag`] and commits the change, the schedule's new status and
+    /// the audit rows together. A failed attempt schedules the retry due `jitter` after the
+    /// backoff, or fails the schedule once its retries are spent or its flag is gone.
+    async fn apply_next_schedule(
+        &self,
+        now: Timestamp,
+        jitter: chrono::TimeDelta,
+        skip: &[Uuid],
+    ) -> Result<ScheduleClaim, StoreError>;
 
     /// Records an audit row that belongs to no database change.
     async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;

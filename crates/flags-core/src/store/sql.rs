@@ -9,15 +9,17 @@
 //! count and the change cannot be interleaved with another writer's.
 
 use super::{
-    AuditLimit, AuditRecord, Committed, FlagStore, PendingId, PendingInvalidation, StoreError,
-    audit_json,
+    AuditLimit, AuditRecord, Committed, FlagStore, PendingId, PendingInvalidation, ScheduleClaim,
+    StoreError, audit_json,
 };
 use crate::domain::{
-    Actor, AuditAction, AuditEntry, AuditFilter, AuditPage, Environment, Flag, FlagKey, FlagPatch,
-    NewFlag, NewOverride, OverridePage, OverrideType, Timestamp, UserOverride, UserOverrides,
+    Actor, ApplyOutcome, AuditAction, AuditEntry, AuditFilter, AuditPage, Environment, Flag,
+    FlagKey, FlagPatch, NewFlag, NewOverride, NewSchedule, OverridePage, OverrideType, Schedule,
+    ScheduleStatus, ScheduleUpdates, Timestamp, UserOverride, UserOverrides, retry_at,
 };
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::Acquire;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
@@ -135,6 +137,100 @@ impl From<AuditRow> for AuditEntry {
     }
 }
 
+const SCHEDULE_COLUMNS: &str = "id, flag_id, environment, flag_key, scheduled_at, status, updates, \
+     retry_count, max_retries, next_retry_at, last_error, applied_at, created_by, created_at, \
+     cancelled_by, cancelled_at";
+
+/// Due for an attempt at `$1`: pending, and its time (or its retry's) has come.
+const DUE_SCHEDULES: &str = "status = 'pending' AND COALESCE(next_retry_at, scheduled_at) <= $1";
+/// Retries first, then by the time they were due.
+const DUE_ORDER: &str = "ORDER BY CASE WHEN next_retry_at IS NULL THEN 1 ELSE 0 END, \
+     COALESCE(next_retry_at, scheduled_at), id";
+
+#[derive(sqlx::FromRow)]
+struct ScheduleRow {
+    id: Uuid,
+    flag_id: Uuid,
+    environment: String,
+    flag_key: String,
+    scheduled_at: DateTime<Utc>,
+    status: String,
+    updates: String,
+    retry_count: i32,
+    max_retries: i32,
+    next_retry_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    applied_at: Option<DateTime<Utc>>,
+    created_by: Option<String>,
+    created_at: DateTime<Utc>,
+    cancelled_by: Option<String>,
+    cancelled_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<ScheduleRow> for Schedule {
+    type Error = StoreError;
+
+    fn try_from(row: ScheduleRow) -> Result<Self, StoreError> {
+        let corrupt = |what: String| StoreError::Database(sqlx::Error::Decode(what.into()));
+        let status = ScheduleStatus::parse(&row.status)
+            .ok_or_else(|| corrupt(format!("unknown schedule status {:?}", row.status)))?;
+        let updates = serde_json::from_str(&row.updates)
+            .ok()
+            .and_then(|value| ScheduleUpdates::from_json(&value))
+            .ok_or_else(|| corrupt(format!("invalid schedule updates {:?}", row.updates)))?;
+        let timestamp = |value: Option<DateTime<Utc>>| value.map(Timestamp::from_datetime);
+        Ok(Schedule {
+            id: row.id,
+            flag_id: row.flag_id,
+            flag_key: row.flag_key,
+            environment: row.environment,
+            scheduled_at: Timestamp::from_datetime(row.scheduled_at),
+            status,
+            updates,
+            applied_at: timestamp(row.applied_at),
+            error_message: row.last_error,
+            created_by: row.created_by,
+            cancelled_by: row.cancelled_by,
+            cancelled_at: timestamp(row.cancelled_at),
+            created_at: Timestamp::from_datetime(row.created_at),
+            retry_count: u32::try_from(row.retry_count).unwrap_or_default(),
+            max_retries: u32::try_from(row.max_retries).unwrap_or_default(),
+            next_retry_at: timestamp(row.next_retry_at),
+        })
+    }
+}
+
+/// PostgreSQL's "lock not available", the answer of `FOR UPDATE NOWAIT` on a locked row.
+fn is_lock_not_available(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+/// What a failed attempt leaves in `errorMessage`: the database's own message (a trigger's or a
+/// constraint's), never the connection details of other errors.
+fn attempt_error(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        _ => "database error".to_owned(),
+    }
+}
+
+/// An audit row about a schedule.
+fn schedule_record(
+    action: AuditAction,
+    actor: Option<&Actor>,
+    before: Option<&Schedule>,
+    after: &Schedule,
+) -> AuditRecord {
+    AuditRecord {
+        action,
+        environment: Environment::parse(&after.environment).ok(),
+        flag_key: FlagKey::parse(&after.flag_key).ok(),
+        actor: actor.cloned(),
+        before: before.map(audit_json),
+        after: Some(audit_json(after)),
+    }
+}
+
 /// The original service's structured audit line, written once the change has committed.
 fn log_audit(action: AuditAction, env: Option<&str>, key: Option<&str>, actor: Option<&Actor>) {
     tracing::info!(
@@ -210,7 +306,16 @@ static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 macro_rules! sql_flag_store {
-    ($store:ty, $db:ty, $backend:literal, $migrator:expr, $begin:literal, $lock:literal) => {
+    (
+        $store:ty,
+        $db:ty,
+        $backend:literal,
+        $migrator:expr,
+        $begin:literal,
+        $lock:literal,
+        $claim_lock:literal,
+        $lock_nowait:literal
+    ) => {
         impl $store {
             /// Starts a write transaction (see the module docs for how it locks).
             async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>, StoreError> {
@@ -284,31 +389,229 @@ macro_rules! sql_flag_store {
                 Ok(())
             }
 
-            /// Writes the audit row and the pending invalidation, then commits the transaction.
+            /// Records that the environment's cache owes an invalidation (contract §3.1).
+            async fn insert_pending(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                env: Option<&Environment>,
+            ) -> Result<PendingId, StoreError> {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO pending_invalidations (environment, created_at) VALUES ($1, $2) RETURNING id",
+                )
+                .bind(env.map_or("", Environment::as_str))
+                .bind(Timestamp::now().as_datetime())
+                .fetch_one(&mut **tx)
+                .await?;
+                Ok(PendingId(id))
+            }
+
+            /// Writes the audit rows, commits, then logs them.
+            async fn commit_audited(
+                mut tx: sqlx::Transaction<'static, $db>,
+                records: &[AuditRecord],
+            ) -> Result<(), StoreError> {
+                for record in records {
+                    Self::insert_audit(&mut tx, record).await?;
+                }
+                tx.commit().await?;
+                for record in records {
+                    log_audit(
+                        record.action,
+                        record.environment.as_ref().map(Environment::as_str),
+                        record.flag_key.as_ref().map(FlagKey::as_str),
+                        record.actor.as_ref(),
+                    );
+                }
+                Ok(())
+            }
+
+            /// Commits a change readers must see: its audit row and a pending invalidation.
             async fn commit_change<T>(
                 mut tx: sqlx::Transaction<'static, $db>,
                 record: AuditRecord,
                 value: T,
             ) -> Result<Committed<T>, StoreError> {
-                Self::insert_audit(&mut tx, &record).await?;
-                let env = record.environment.as_ref().map_or("", Environment::as_str);
-                let pending: i64 = sqlx::query_scalar(
-                    "INSERT INTO pending_invalidations (environment, created_at) VALUES ($1, $2) RETURNING id",
+                let pending = Self::insert_pending(&mut tx, record.environment.as_ref()).await?;
+                Self::commit_audited(tx, &[record]).await?;
+                Ok(Committed { value, pending })
+            }
+
+            /// The flag update of `POST /admin/flags/{flagKey}`: the set fields, and `updated_at`.
+            async fn apply_patch(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                flag_id: Uuid,
+                patch: &FlagPatch,
+            ) -> Result<Flag, sqlx::Error> {
+                let sql = format!(
+                    "UPDATE feature_flags SET \
+                       enabled = COALESCE($2, enabled), \
+                       rollout_percentage = COALESCE($3, rollout_percentage), \
+                       description = CASE WHEN $4 THEN $5 ELSE description END, \
+                       updated_at = $6 \
+                     WHERE id = $1 \
+                     RETURNING {FLAG_COLUMNS}"
+                );
+                let row: FlagRow = sqlx::query_as(&sql)
+                    .bind(flag_id)
+                    .bind(patch.enabled)
+                    .bind(patch.rollout.map(|r| r.get()))
+                    .bind(patch.description.is_some())
+                    .bind(patch.description.clone().flatten())
+                    .bind(Timestamp::now().as_datetime())
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok(Flag::from(row))
+            }
+
+            /// Sets a schedule's outcome columns and returns the row as it is now.
+            async fn finish_schedule(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                schedule: &Schedule,
+                status: ScheduleStatus,
+                applied_at: Option<Timestamp>,
+                next_retry_at: Option<Timestamp>,
+                error: Option<&str>,
+            ) -> Result<Schedule, StoreError> {
+                let sql = format!(
+                    "UPDATE flag_schedules SET status = $2, applied_at = $3, next_retry_at = $4, \
+                       last_error = COALESCE($5, last_error), retry_count = $6 \
+                     WHERE id = $1 RETURNING {SCHEDULE_COLUMNS}"
+                );
+                let failures = schedule.retry_count + u32::from(error.is_some());
+                let row: ScheduleRow = sqlx::query_as(&sql)
+                    .bind(schedule.id)
+                    .bind(status.as_str())
+                    .bind(applied_at.map(|t| t.as_datetime()))
+                    .bind(next_retry_at.map(|t| t.as_datetime()))
+                    .bind(error)
+                    .bind(i32::try_from(failures).unwrap_or(i32::MAX))
+                    .fetch_one(&mut **tx)
+                    .await?;
+                Schedule::try_from(row)
+            }
+
+            async fn schedule_of_flag(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                flag_id: Uuid,
+                id: Uuid,
+            ) -> Result<Option<Schedule>, StoreError> {
+                let sql = format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM flag_schedules WHERE id = $1 AND flag_id = $2{}",
+                    $lock
+                );
+                let row: Option<ScheduleRow> = sqlx::query_as(&sql)
+                    .bind(id)
+                    .bind(flag_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                row.map(Schedule::try_from).transpose()
+            }
+
+            /// Attempts a claimed schedule inside its claim transaction. The flag change runs in
+            /// a savepoint, so that a failed attempt can still record its retry (or failure)
+            /// in the same transaction, under the same lock.
+            async fn attempt_schedule(
+                mut tx: sqlx::Transaction<'static, $db>,
+                schedule: Schedule,
+                now: Timestamp,
+                jitter: TimeDelta,
+            ) -> Result<ScheduleClaim, StoreError> {
+                let flag_sql = format!(
+                    "SELECT {FLAG_COLUMNS} FROM feature_flags WHERE id = $1{}",
+                    $lock_nowait
+                );
+                let flag: Option<FlagRow> = match sqlx::query_as(&flag_sql)
+                    .bind(schedule.flag_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                {
+                    Ok(row) => row,
+                    Err(error) if is_lock_not_available(&error) => {
+                        tx.rollback().await?;
+                        return Ok(ScheduleClaim::FlagBusy(schedule.id));
+                    }
+                    Err(error) => return Err(error.into()),
+                };
+                let Some(before) = flag.map(Flag::from) else {
+                    let message = format!("Flag '{}' not found", schedule.flag_key);
+                    let failed = Self::finish_schedule(
+                        &mut tx, &schedule, ScheduleStatus::Failed, None, None, Some(&message),
+                    )
+                    .await?;
+                    let record = schedule_record(AuditAction::ScheduleFailed, None, Some(&schedule), &failed);
+                    Self::commit_audited(tx, &[record]).await?;
+                    return Ok(ScheduleClaim::Attempted {
+                        outcome: Box::new(ApplyOutcome::Failed { schedule: failed }),
+                        pending: None,
+                    });
+                };
+
+                let mut savepoint = (&mut tx).begin().await?;
+                let changed = Self::apply_patch(&mut savepoint, before.id, &schedule.updates.as_patch()).await;
+                let after = match changed {
+                    Ok(after) => {
+                        savepoint.commit().await?;
+                        after
+                    }
+                    Err(error) => {
+                        savepoint.rollback().await?;
+                        return Self::record_failed_attempt(tx, schedule, now, jitter, &attempt_error(&error)).await;
+                    }
+                };
+                let applied = Self::finish_schedule(
+                    &mut tx, &schedule, ScheduleStatus::Applied, Some(now), None, None,
                 )
-                .bind(env)
-                .bind(Timestamp::now().as_datetime())
-                .fetch_one(&mut *tx)
+                .await?;
+                let env = Environment::parse(&after.environment).ok();
+                let key = FlagKey::parse(&after.flag_key).ok();
+                let flag_record = AuditRecord {
+                    action: AuditAction::FlagUpdated,
+                    environment: env,
+                    flag_key: key,
+                    actor: None,
+                    before: Some(audit_json(&before)),
+                    after: Some(audit_json(&after)),
+                };
+                let schedule_record =
+                    schedule_record(AuditAction::ScheduleApplied, None, Some(&schedule), &applied);
+                let pending = Self::insert_pending(&mut tx, flag_record.environment.as_ref()).await?;
+                Self::commit_audited(tx, &[flag_record, schedule_record]).await?;
+                Ok(ScheduleClaim::Attempted {
+                    outcome: Box::new(ApplyOutcome::Applied { schedule: applied }),
+                    pending: Some(pending),
+                })
+            }
+
+            /// A failed attempt: the retry 2, 4, 8 … minutes (plus jitter) later, or `failed`
+            /// once `max_retries` retries have been spent.
+            async fn record_failed_attempt(
+                mut tx: sqlx::Transaction<'static, $db>,
+                schedule: Schedule,
+                now: Timestamp,
+                jitter: TimeDelta,
+                message: &str,
+            ) -> Result<ScheduleClaim, StoreError> {
+                let failures = schedule.retry_count + 1;
+                if failures > schedule.max_retries {
+                    let failed = Self::finish_schedule(
+                        &mut tx, &schedule, ScheduleStatus::Failed, None, None, Some(message),
+                    )
+                    .await?;
+                    let record = schedule_record(AuditAction::ScheduleFailed, None, Some(&schedule), &failed);
+                    Self::commit_audited(tx, &[record]).await?;
+                    return Ok(ScheduleClaim::Attempted {
+                        outcome: Box::new(ApplyOutcome::Failed { schedule: failed }),
+                        pending: None,
+                    });
+                }
+                let next_attempt = retry_at(now, failures, jitter);
+                let waiting = Self::finish_schedule(
+                    &mut tx, &schedule, ScheduleStatus::Pending, None, Some(next_attempt), Some(message),
+                )
                 .await?;
                 tx.commit().await?;
-                log_audit(
-                    record.action,
-                    Some(env),
-                    record.flag_key.as_ref().map(FlagKey::as_str),
-                    record.actor.as_ref(),
-                );
-                Ok(Committed {
-                    value,
-                    pending: PendingId(pending),
+                Ok(ScheduleClaim::Attempted {
+                    outcome: Box::new(ApplyOutcome::RetryScheduled { schedule: waiting, next_attempt }),
+                    pending: None,
                 })
             }
 
@@ -423,25 +726,7 @@ macro_rules! sql_flag_store {
             ) -> Result<Committed<Flag>, StoreError> {
                 let mut tx = self.begin_write().await?;
                 let before = Self::locked_flag(&mut tx, env, key).await?;
-                let sql = format!(
-                    "UPDATE feature_flags SET \
-                       enabled = COALESCE($2, enabled), \
-                       rollout_percentage = COALESCE($3, rollout_percentage), \
-                       description = CASE WHEN $4 THEN $5 ELSE description END, \
-                       updated_at = $6 \
-                     WHERE id = $1 \
-                     RETURNING {FLAG_COLUMNS}"
-                );
-                let row: FlagRow = sqlx::query_as(&sql)
-                    .bind(before.id)
-                    .bind(patch.enabled)
-                    .bind(patch.rollout.map(|r| r.get()))
-                    .bind(patch.description.is_some())
-                    .bind(patch.description.clone().flatten())
-                    .bind(Timestamp::now().as_datetime())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let after = Flag::from(row);
+                let after = Self::apply_patch(&mut tx, before.id, patch).await?;
                 let record = AuditRecord::flag_change(
                     AuditAction::FlagUpdated,
                     env,
@@ -461,6 +746,11 @@ macro_rules! sql_flag_store {
             ) -> Result<Committed<Flag>, StoreError> {
                 let mut tx = self.begin_write().await?;
                 let before = Self::locked_flag(&mut tx, env, key).await?;
+                // Its schedules go with it (there is no foreign key to cascade; see the migration).
+                sqlx::query("DELETE FROM flag_schedules WHERE flag_id = $1")
+                    .bind(before.id)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("DELETE FROM feature_flags WHERE id = $1")
                     .bind(before.id)
                     .execute(&mut *tx)
@@ -589,17 +879,134 @@ macro_rules! sql_flag_store {
                     .collect()
             }
 
-            async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await?;
-                Self::insert_audit(&mut tx, record).await?;
-                tx.commit().await?;
-                log_audit(
-                    record.action,
-                    record.environment.as_ref().map(Environment::as_str),
-                    record.flag_key.as_ref().map(FlagKey::as_str),
-                    record.actor.as_ref(),
+            async fn create_schedule(
+                &self,
+                env: &Environment,
+                key: &FlagKey,
+                new: &NewSchedule,
+                actor: Option<&Actor>,
+            ) -> Result<Schedule, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let flag = Self::locked_flag(&mut tx, env, key).await?;
+                let sql = format!(
+                    "INSERT INTO flag_schedules \
+                       (id, flag_id, environment, flag_key, scheduled_at, status, updates, \
+                        retry_count, max_retries, created_by, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'pending', $6, 0, $7, $8, $9) \
+                     RETURNING {SCHEDULE_COLUMNS}"
                 );
-                Ok(())
+                let row: ScheduleRow = sqlx::query_as(&sql)
+                    .bind(Uuid::new_v4())
+                    .bind(flag.id)
+                    .bind(env.as_str())
+                    .bind(key.as_str())
+                    .bind(new.scheduled_at.as_datetime())
+                    .bind(new.updates.to_json().to_string())
+                    .bind(i32::try_from(new.max_retries).unwrap_or(i32::MAX))
+                    .bind(actor.map(|a| a.sub.as_str()))
+                    .bind(Timestamp::now().as_datetime())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let schedule = Schedule::try_from(row)?;
+                let record = schedule_record(AuditAction::ScheduleCreated, actor, None, &schedule);
+                Self::commit_audited(tx, &[record]).await?;
+                Ok(schedule)
+            }
+
+            async fn list_schedules(
+                &self,
+                env: &Environment,
+                key: &FlagKey,
+            ) -> Result<Vec<Schedule>, StoreError> {
+                let flag = self.get_flag(env, key).await?.ok_or(StoreError::FlagNotFound)?;
+                let sql = format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM flag_schedules WHERE flag_id = $1 \
+                     ORDER BY scheduled_at, created_at, id"
+                );
+                let rows: Vec<ScheduleRow> = sqlx::query_as(&sql).bind(flag.id).fetch_all(&self.pool).await?;
+                rows.into_iter().map(Schedule::try_from).collect()
+            }
+
+            async fn cancel_schedule(
+                &self,
+                env: &Environment,
+                key: &FlagKey,
+                id: Uuid,
+                actor: Option<&Actor>,
+            ) -> Result<Schedule, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let flag = Self::locked_flag(&mut tx, env, key).await?;
+                let before = Self::schedule_of_flag(&mut tx, flag.id, id)
+                    .await?
+                    .ok_or(StoreError::ScheduleNotFound)?;
+                match before.status {
+                    ScheduleStatus::Pending => {}
+                    ScheduleStatus::Cancelled => return Ok(before),
+                    ScheduleStatus::Applied | ScheduleStatus::Failed => {
+                        return Err(StoreError::ScheduleNotCancellable);
+                    }
+                }
+                let sql = format!(
+                    "UPDATE flag_schedules SET status = 'cancelled', next_retry_at = NULL, \
+                       cancelled_by = $2, cancelled_at = $3 \
+                     WHERE id = $1 RETURNING {SCHEDULE_COLUMNS}"
+                );
+                let row: ScheduleRow = sqlx::query_as(&sql)
+                    .bind(id)
+                    .bind(actor.map(|a| a.sub.as_str()))
+                    .bind(Timestamp::now().as_datetime())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let cancelled = Schedule::try_from(row)?;
+                let record = schedule_record(AuditAction::ScheduleCancelled, actor, Some(&before), &cancelled);
+                Self::commit_audited(tx, &[record]).await?;
+                Ok(cancelled)
+            }
+
+            async fn due_schedules(&self, now: Timestamp, limit: u32) -> Result<Vec<Schedule>, StoreError> {
+                let sql = format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM flag_schedules WHERE {DUE_SCHEDULES} {DUE_ORDER} LIMIT $2"
+                );
+                let rows: Vec<ScheduleRow> = sqlx::query_as(&sql)
+                    .bind(now.as_datetime())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter().map(Schedule::try_from).collect()
+            }
+
+            async fn apply_next_schedule(
+                &self,
+                now: Timestamp,
+                jitter: TimeDelta,
+                skip: &[Uuid],
+            ) -> Result<ScheduleClaim, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let skipped = if skip.is_empty() {
+                    String::new()
+                } else {
+                    let ids = (0..skip.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>();
+                    format!(" AND id NOT IN ({})", ids.join(", "))
+                };
+                let sql = format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM flag_schedules WHERE {DUE_SCHEDULES}{skipped} \
+                     {DUE_ORDER} LIMIT 1{}",
+                    $claim_lock
+                );
+                let mut query = sqlx::query_as::<_, ScheduleRow>(&sql).bind(now.as_datetime());
+                for id in skip {
+                    query = query.bind(*id);
+                }
+                let Some(row) = query.fetch_optional(&mut *tx).await? else {
+                    tx.rollback().await?;
+                    return Ok(ScheduleClaim::NothingDue);
+                };
+                Self::attempt_schedule(tx, Schedule::try_from(row)?, now, jitter).await
+            }
+
+            async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+                let tx = self.pool.begin().await?;
+                Self::commit_audited(tx, std::slice::from_ref(record)).await
             }
 
             async fn list_audit(
@@ -661,13 +1068,16 @@ macro_rules! sql_flag_store {
     };
 }
 
+// SQLite has no row locks: `BEGIN IMMEDIATE` already makes every write transaction the only one.
 sql_flag_store!(
     PostgresStore,
     sqlx::Postgres,
     "postgres",
     POSTGRES_MIGRATOR,
     "BEGIN",
-    " FOR UPDATE"
+    " FOR UPDATE",
+    " FOR UPDATE SKIP LOCKED",
+    " FOR UPDATE NOWAIT"
 );
 sql_flag_store!(
     SqliteStore,
@@ -675,5 +1085,7 @@ sql_flag_store!(
     "sqlite",
     SQLITE_MIGRATOR,
     "BEGIN IMMEDIATE",
+    "",
+    "",
     ""
 );

@@ -7,12 +7,13 @@ use flags_core::cache::{FlagCache, MemoryCache, RedisCache};
 use flags_core::config::RedisSettings;
 use flags_core::domain::{
     Actor, AuditFilter, AuditPage, Environment, Flag, FlagKey, FlagPatch, NewFlag, NewOverride,
-    OverridePage, UserOverride, UserOverrides,
+    NewSchedule, OverridePage, Schedule, Timestamp, UserOverride, UserOverrides,
 };
 use flags_core::rate_limit::{DEFAULT_WINDOW, OverrideRateLimiter};
 use flags_core::redis::RedisConnection;
 use flags_core::store::{
-    AuditLimit, AuditRecord, Committed, FlagStore, PendingId, PendingInvalidation, StoreError,
+    AuditLimit, AuditRecord, Committed, FlagStore, PendingId, PendingInvalidation, ScheduleClaim,
+    StoreError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,6 +188,42 @@ impl FlagStore for PausingStore {
         let overrides = self.inner.user_overrides(env, user_id).await?;
         self.maybe_pause(PauseAt::UserOverrides).await;
         Ok(overrides)
+    }
+    async fn create_schedule(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        new: &NewSchedule,
+        actor: Option<&Actor>,
+    ) -> Result<Schedule, StoreError> {
+        self.inner.create_schedule(env, key, new, actor).await
+    }
+    async fn list_schedules(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+    ) -> Result<Vec<Schedule>, StoreError> {
+        self.inner.list_schedules(env, key).await
+    }
+    async fn cancel_schedule(
+        &self,
+        env: &Environment,
+        key: &FlagKey,
+        id: Uuid,
+        actor: Option<&Actor>,
+    ) -> Result<Schedule, StoreError> {
+        self.inner.cancel_schedule(env, key, id, actor).await
+    }
+    async fn due_schedules(&self, now: Timestamp, limit: u32) -> Result<Vec<Schedule>, StoreError> {
+        self.inner.due_schedules(now, limit).await
+    }
+    async fn apply_next_schedule(
+        &self,
+        now: Timestamp,
+        jitter: chrono::TimeDelta,
+        skip: &[Uuid],
+    ) -> Result<ScheduleClaim, StoreError> {
+        self.inner.apply_next_schedule(now, jitter, skip).await
     }
     async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
         self.inner.record_audit(record).await

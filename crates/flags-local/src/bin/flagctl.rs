@@ -1,6 +1,7 @@
 //! `flagctl`: run the local server, mint local tokens, migrate and seed a database.
 
 use clap::{Parser, Subcommand};
+use flags_core::domain::{Schedule, Timestamp};
 use flags_core::telemetry::{self, LogFormat};
 use flags_local::keys::LocalKeys;
 use flags_local::settings::LocalSettings;
@@ -38,6 +39,17 @@ enum Command {
     Migrate,
     /// Create the demo flags (production and development) that do not exist yet.
     Seed,
+    /// Scheduled flag changes: what is due, and applying it.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
+}
+
+#[derive(Subcommand)]
+enum SchedulesCommand {
+    /// Run one applier pass (what the server does every second) and print its result as JSON.
+    Apply,
+    /// List the schedules that are due now, in the order the applier takes them.
+    List,
 }
 
 #[tokio::main]
@@ -78,8 +90,51 @@ async fn run(command: Command) -> Result<(), String> {
             println!("{created} demo flags created");
         }
         Command::Serve => serve(settings).await?,
+        Command::Schedules(command) => {
+            let (context, _) = flags_local::local_context(&settings).await?;
+            match command {
+                SchedulesCommand::Apply => {
+                    let report = context
+                        .service
+                        .apply_due_schedules()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!("{}", serde_json::json!(report));
+                }
+                SchedulesCommand::List => {
+                    let due = context
+                        .service
+                        .due_schedules(Timestamp::now())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    print_due(&due);
+                }
+            }
+        }
     }
     Ok(())
+}
+
+fn print_due(due: &[Schedule]) {
+    if due.is_empty() {
+        println!("no schedule is due");
+        return;
+    }
+    println!(
+        "{:<36}  {:<12}  {:<24}  {:<24}  {:<7}  updates",
+        "id", "environment", "flag", "due at", "retries"
+    );
+    for schedule in due {
+        println!(
+            "{:<36}  {:<12}  {:<24}  {:<24}  {:<7}  {}",
+            schedule.id,
+            schedule.environment,
+            schedule.flag_key,
+            schedule.due_at(),
+            schedule.retry_count,
+            schedule.updates.to_json()
+        );
+    }
 }
 
 async fn serve(settings: LocalSettings) -> Result<(), String> {
