@@ -11,14 +11,14 @@ use crate::validation::{
     utc_timestamp,
 };
 use flags_core::domain::{
-    AuditFilter, DEFAULT_MAX_RETRIES, Environment, Flag, FlagKey, FlagPatch,
-    MAX_DESCRIPTION_CHARS, NewFlag, NewOverride, NewSchedule, OverrideType, Rollout,
-    ScheduleUpdates, Timestamp, UserId, UserOverride,
+    AuditFilter, DEFAULT_MAX_RETRIES, Environment, Flag, FlagKey, FlagPatch, MAX_DESCRIPTION_CHARS,
+    NewFlag, NewOverride, NewSchedule, OverrideType, Rollout, ScheduleUpdates, Timestamp, UserId,
+    UserOverride,
 };
-use uuid::Uuid;
 use flags_core::service::RedisStatus;
 use http::StatusCode;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 /// Handles one request for one route; never fails (errors are responses).
 pub async fn handle(ctx: &AppContext, route: Route, request: ApiRequest) -> ApiResponse {
@@ -406,7 +406,10 @@ fn schedule_updates(
     };
     let nested = fields.errors;
     if !nested.is_empty() {
-        let messages = nested.form.into_iter().chain(nested.fields.into_values().flatten());
+        let messages = nested
+            .form
+            .into_iter()
+            .chain(nested.fields.into_values().flatten());
         for message in messages {
             errors.add("updates", message);
         }

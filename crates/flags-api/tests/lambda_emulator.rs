@@ -454,7 +454,11 @@ async fn every_function_answers(redis: Option<String>, expected_redis: &str) {
             "admin-create-schedule" => {
                 assert_eq!(first["status"], "pending", "{first}");
                 assert_eq!(first["flagKey"], "wishlist-gallery", "{first}");
-                assert_eq!(first["updates"], json!({"rolloutPercentage": 50}), "{first}");
+                assert_eq!(
+                    first["updates"],
+                    json!({"rolloutPercentage": 50}),
+                    "{first}"
+                );
                 assert_eq!(first["scheduledAt"], "2030-01-01T09:00:00.000Z", "{first}");
                 assert_eq!(first["createdBy"], ADMIN_SUB, "{first}");
             }
@@ -664,16 +668,19 @@ async fn sweep_without_redis_url_completes_at_once() {
     let database_url = seeded_postgres_url().await;
     let env = unique("sweep-");
     insert_pending(&database_url, &env).await;
-    let lambda = Lambda::start(
-        "apply-schedules",
-        &[("DATABASE_URL", database_url.clone())],
-    );
+    let lambda = Lambda::start("apply-schedules", &[("DATABASE_URL", database_url.clone())]);
     let sweep = event("apply-schedules");
     let cold = lambda.invoke_ok(&sweep).await;
-    assert_eq!(cold["invalidations"], json!({"swept": 1, "environments": 1, "failed": 0}));
+    assert_eq!(
+        cold["invalidations"],
+        json!({"swept": 1, "environments": 1, "failed": 0})
+    );
     assert_eq!(pending_rows(&database_url).await, vec![]);
     let warm = lambda.invoke_ok(&sweep).await;
-    assert_eq!(warm["invalidations"], json!({"swept": 0, "environments": 0, "failed": 0}));
+    assert_eq!(
+        warm["invalidations"],
+        json!({"swept": 0, "environments": 0, "failed": 0})
+    );
 }
 
 /// A schedule that came due a second ago on the seeded `wishlist-gallery` (production).
@@ -715,7 +722,12 @@ async fn the_applier_applies_a_due_schedule_once() {
 
     let first = lambda.invoke_ok(&tick).await;
     assert_eq!(
-        (&first["processed"], &first["applied"], &first["failed"], &first["overdueSeconds"]),
+        (
+            &first["processed"],
+            &first["applied"],
+            &first["failed"],
+            &first["overdueSeconds"]
+        ),
         (&json!(1), &json!(1), &json!(0), &json!(0)),
         "{first}\n{}",
         lambda.logs()
@@ -731,20 +743,30 @@ async fn the_applier_applies_a_due_schedule_once() {
     .await
     .unwrap();
     assert_eq!((status.as_str(), rollout), ("applied", 33));
-    assert_eq!(redis_get(&raw, "feature_flags:production".to_owned()).await, None);
+    assert_eq!(
+        redis_get(&raw, "feature_flags:production".to_owned()).await,
+        None
+    );
     assert_eq!(pending_rows(&database_url).await, vec![]);
 
     let second = lambda.invoke_ok(&tick).await;
-    assert_eq!((&second["processed"], &second["applied"]), (&json!(0), &json!(0)), "{second}");
-    let applied: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM flag_audit_log WHERE action = 'schedule.applied'",
-    )
-    .fetch_one(&mut connection)
-    .await
-    .unwrap();
+    assert_eq!(
+        (&second["processed"], &second["applied"]),
+        (&json!(0), &json!(0)),
+        "{second}"
+    );
+    let applied: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM flag_audit_log WHERE action = 'schedule.applied'")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
     assert_eq!(applied, 1);
     // The overdue metric reaches CloudWatch as an Embedded Metric Format line on stdout.
-    assert!(lambda.logs().contains("\"OverdueScheduleSeconds\":0"), "{}", lambda.logs());
+    assert!(
+        lambda.logs().contains("\"OverdueScheduleSeconds\":0"),
+        "{}",
+        lambda.logs()
+    );
 }
 
 #[tokio::test]

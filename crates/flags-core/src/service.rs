@@ -456,7 +456,9 @@ impl FlagService {
                 report.applied += 1;
                 tracing::info!(schedule = %schedule.id, flag_key = %schedule.flag_key,
                     environment = %schedule.environment, "schedule applied");
-                if let (Some(pending), Ok(env)) = (pending, Environment::parse(&schedule.environment)) {
+                if let (Some(pending), Ok(env)) =
+                    (pending, Environment::parse(&schedule.environment))
+                {
                     let committed = Committed { value: (), pending };
                     self.propagate(&env, Invalidation::Flags, committed).await;
                 }

@@ -201,25 +201,65 @@ async fn schedules_are_created_listed_and_cancelled(b: Backend) {
     let now = Timestamp::now();
     let alice = actor("alice");
     let late = b
-        .schedule(&env, "wishlist", later(now, TimeDelta::hours(2)), rollout(50), Some(&alice))
+        .schedule(
+            &env,
+            "wishlist",
+            later(now, TimeDelta::hours(2)),
+            rollout(50),
+            Some(&alice),
+        )
         .await;
     let early = b
-        .schedule(&env, "wishlist", later(now, TimeDelta::hours(1)), turn_on(), Some(&alice))
+        .schedule(
+            &env,
+            "wishlist",
+            later(now, TimeDelta::hours(1)),
+            turn_on(),
+            Some(&alice),
+        )
         .await;
 
-    let listed = b.store.list_schedules(&env, &key("wishlist")).await.unwrap();
+    let listed = b
+        .store
+        .list_schedules(&env, &key("wishlist"))
+        .await
+        .unwrap();
     assert_eq!(listed, [early.clone(), late.clone()], "by scheduledAt");
-    assert!(b.store.list_schedules(&other, &key("wishlist")).await.unwrap().is_empty());
+    assert!(
+        b.store
+            .list_schedules(&other, &key("wishlist"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let body = serde_json::to_value(&late).unwrap();
     assert_eq!(body["status"], "pending");
     assert_eq!(body["updates"], json!({"rolloutPercentage": 50}));
     assert_eq!(body["flagKey"], "wishlist");
     assert_eq!(body["createdBy"], "alice");
-    assert_eq!((&body["appliedAt"], &body["errorMessage"]), (&Value::Null, &Value::Null));
-    let fields: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        (&body["appliedAt"], &body["errorMessage"]),
+        (&Value::Null, &Value::Null)
+    );
+    let fields: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(
         fields,
-        ["appliedAt", "createdAt", "createdBy", "errorMessage", "flagKey", "id", "scheduledAt", "status", "updates"],
+        [
+            "appliedAt",
+            "createdAt",
+            "createdBy",
+            "errorMessage",
+            "flagKey",
+            "id",
+            "scheduledAt",
+            "status",
+            "updates"
+        ],
         "cancelledBy and cancelledAt are omitted while null"
     );
 
@@ -229,10 +269,13 @@ async fn schedules_are_created_listed_and_cancelled(b: Backend) {
         let who = actor(who);
         async move { store.cancel_schedule(&env, &flag, id, Some(&who)).await }
     };
-    assert!(matches!(
-        cancel(other.clone(), key("wishlist"), early.id, "bob").await,
-        Err(StoreError::ScheduleNotFound)
-    ), "another environment's flag");
+    assert!(
+        matches!(
+            cancel(other.clone(), key("wishlist"), early.id, "bob").await,
+            Err(StoreError::ScheduleNotFound)
+        ),
+        "another environment's flag"
+    );
     assert!(matches!(
         cancel(env.clone(), missing.clone(), early.id, "bob").await,
         Err(StoreError::FlagNotFound)
@@ -241,16 +284,25 @@ async fn schedules_are_created_listed_and_cancelled(b: Backend) {
         cancel(env.clone(), key("wishlist"), Uuid::new_v4(), "bob").await,
         Err(StoreError::ScheduleNotFound)
     ));
-    let cancelled = cancel(env.clone(), key("wishlist"), early.id, "bob").await.unwrap();
+    let cancelled = cancel(env.clone(), key("wishlist"), early.id, "bob")
+        .await
+        .unwrap();
     assert_eq!(cancelled.status, ScheduleStatus::Cancelled);
     assert_eq!(cancelled.cancelled_by.as_deref(), Some("bob"));
     assert!(cancelled.cancelled_at.is_some());
-    let again = cancel(env.clone(), key("wishlist"), early.id, "carol").await.unwrap();
-    assert_eq!(again, cancelled, "re-cancelling is allowed and changes nothing");
+    let again = cancel(env.clone(), key("wishlist"), early.id, "carol")
+        .await
+        .unwrap();
+    assert_eq!(
+        again, cancelled,
+        "re-cancelling is allowed and changes nothing"
+    );
 
     let nothing = new_schedule(later(now, TimeDelta::hours(1)), turn_on(), 3);
     assert!(matches!(
-        b.store.create_schedule(&env, &missing, &nothing, None).await,
+        b.store
+            .create_schedule(&env, &missing, &nothing, None)
+            .await,
         Err(StoreError::FlagNotFound)
     ));
     assert!(matches!(
@@ -259,25 +311,55 @@ async fn schedules_are_created_listed_and_cancelled(b: Backend) {
     ));
     assert_eq!(
         b.audit_actions(&env).await,
-        ["flag.created", "schedule.created", "schedule.created", "schedule.cancelled"]
+        [
+            "flag.created",
+            "schedule.created",
+            "schedule.created",
+            "schedule.cancelled"
+        ]
     );
 
     // The cancelled one is never applied; the other is, once due.
     let applied = outcome(b.apply_at(later(now, TimeDelta::hours(3))).await);
     assert!(matches!(&applied, ApplyOutcome::Applied { schedule } if schedule.id == late.id));
-    assert_eq!(b.apply_at(later(now, TimeDelta::hours(3))).await, ScheduleClaim::NothingDue);
+    assert_eq!(
+        b.apply_at(later(now, TimeDelta::hours(3))).await,
+        ScheduleClaim::NothingDue
+    );
     assert!(matches!(
         cancel(env.clone(), key("wishlist"), late.id, "bob").await,
         Err(StoreError::ScheduleNotCancellable)
     ));
 
     // Schedules are deleted with their flag, and only that flag's.
-    b.store.delete_flag(&env, &key("wishlist"), None).await.unwrap();
+    b.store
+        .delete_flag(&env, &key("wishlist"), None)
+        .await
+        .unwrap();
     b.create_flag(&env, "wishlist").await;
-    assert!(b.store.list_schedules(&env, &key("wishlist")).await.unwrap().is_empty());
-    b.schedule(&other, "wishlist", later(now, TimeDelta::hours(1)), turn_on(), None)
-        .await;
-    assert_eq!(b.store.list_schedules(&other, &key("wishlist")).await.unwrap().len(), 1);
+    assert!(
+        b.store
+            .list_schedules(&env, &key("wishlist"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    b.schedule(
+        &other,
+        "wishlist",
+        later(now, TimeDelta::hours(1)),
+        turn_on(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        b.store
+            .list_schedules(&other, &key("wishlist"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn a_due_schedule_is_applied_once_through_the_write_path(b: Backend) {
@@ -289,10 +371,19 @@ async fn a_due_schedule_is_applied_once_through_the_write_path(b: Backend) {
         rollout: Rollout::new(50),
     };
     let schedule = b.schedule(&env, "checkout", due, updates, None).await;
-    b.schedule(&env, "checkout", later(due, TimeDelta::minutes(10)), rollout(0), None)
-        .await;
+    b.schedule(
+        &env,
+        "checkout",
+        later(due, TimeDelta::minutes(10)),
+        rollout(0),
+        None,
+    )
+    .await;
 
-    assert_eq!(b.apply_at(later(due, TimeDelta::milliseconds(-1))).await, ScheduleClaim::NothingDue);
+    assert_eq!(
+        b.apply_at(later(due, TimeDelta::milliseconds(-1))).await,
+        ScheduleClaim::NothingDue
+    );
     let ScheduleClaim::Attempted { outcome, pending } = b.apply_at(due).await else {
         panic!("the schedule is due")
     };
@@ -302,21 +393,37 @@ async fn a_due_schedule_is_applied_once_through_the_write_path(b: Backend) {
     assert_eq!(applied.id, schedule.id);
     assert_eq!(applied.status, ScheduleStatus::Applied);
     assert_eq!(applied.applied_at, Some(due));
-    assert!(pending.is_some(), "the change owes the cache an invalidation");
+    assert!(
+        pending.is_some(),
+        "the change owes the cache an invalidation"
+    );
     let flag = b.flag(&env, "checkout").await;
     assert_eq!((flag.enabled, flag.rollout_percentage), (true, 50));
-    assert_eq!(b.apply_at(due).await, ScheduleClaim::NothingDue, "applied once");
+    assert_eq!(
+        b.apply_at(due).await,
+        ScheduleClaim::NothingDue,
+        "applied once"
+    );
 
     assert_eq!(
         b.audit_actions(&env).await,
-        ["flag.created", "schedule.created", "schedule.created", "flag.updated", "schedule.applied"]
+        [
+            "flag.created",
+            "schedule.created",
+            "schedule.created",
+            "flag.updated",
+            "schedule.applied"
+        ]
     );
     let filter = AuditFilter {
         environment: Some(env.as_str().to_owned()),
         flag_key: None,
     };
     let entries = b.store.list_audit(&filter, 2, 0).await.unwrap().entries;
-    assert!(entries.iter().all(|e| e.actor.is_none()), "the scheduler is no actor");
+    assert!(
+        entries.iter().all(|e| e.actor.is_none()),
+        "the scheduler is no actor"
+    );
     assert_eq!(entries[1].after.as_ref().unwrap()["rolloutPercentage"], 50);
     let pending_envs: Vec<String> = b
         .store
@@ -367,7 +474,10 @@ async fn failed_attempts_retry_after_two_four_eight_minutes_then_fail(b: Backend
     assert_eq!(failed.error_message.as_deref(), Some("forced failure"));
     assert_eq!(failed.next_retry_at, None);
     b.heal_flag_updates().await;
-    assert_eq!(b.apply_at(later(now, TimeDelta::days(1))).await, ScheduleClaim::NothingDue);
+    assert_eq!(
+        b.apply_at(later(now, TimeDelta::days(1))).await,
+        ScheduleClaim::NothingDue
+    );
     assert_eq!(b.flag(&env, "search").await.enabled, false);
     assert_eq!(
         b.audit_actions(&env).await,
@@ -381,8 +491,16 @@ async fn a_custom_retry_budget_is_honoured(b: Backend) {
     let due = later(Timestamp::now(), TimeDelta::minutes(1));
     let no_retry = new_schedule(due, turn_on(), 0);
     let one_retry = new_schedule(later(due, TimeDelta::seconds(1)), rollout(10), 1);
-    let none = b.store.create_schedule(&env, &key("budget"), &no_retry, None).await.unwrap();
-    let one = b.store.create_schedule(&env, &key("budget"), &one_retry, None).await.unwrap();
+    let none = b
+        .store
+        .create_schedule(&env, &key("budget"), &no_retry, None)
+        .await
+        .unwrap();
+    let one = b
+        .store
+        .create_schedule(&env, &key("budget"), &one_retry, None)
+        .await
+        .unwrap();
     b.break_flag_updates().await;
 
     let now = later(due, TimeDelta::seconds(1));
@@ -405,9 +523,15 @@ async fn a_deleted_flag_fails_its_schedule_at_once(b: Backend) {
     let ApplyOutcome::Failed { schedule } = outcome(b.apply_at(due).await) else {
         panic!("a missing flag is no reason to retry")
     };
-    assert_eq!(schedule.error_message.as_deref(), Some("Flag 'gone' not found"));
+    assert_eq!(
+        schedule.error_message.as_deref(),
+        Some("Flag 'gone' not found")
+    );
     assert_eq!(schedule.next_retry_at, None);
-    assert_eq!(b.apply_at(later(due, TimeDelta::hours(1))).await, ScheduleClaim::NothingDue);
+    assert_eq!(
+        b.apply_at(later(due, TimeDelta::hours(1))).await,
+        ScheduleClaim::NothingDue
+    );
 }
 
 async fn a_schedule_waiting_for_a_retry_can_be_cancelled(b: Backend) {
@@ -427,7 +551,11 @@ async fn a_schedule_waiting_for_a_retry_can_be_cancelled(b: Backend) {
         .await
         .unwrap();
     assert_eq!(cancelled.status, ScheduleStatus::Cancelled);
-    assert_eq!(cancelled.error_message.as_deref(), Some("forced failure"), "its history stays");
+    assert_eq!(
+        cancelled.error_message.as_deref(),
+        Some("forced failure"),
+        "its history stays"
+    );
     assert_eq!(b.apply_at(next_attempt).await, ScheduleClaim::NothingDue);
     assert_eq!(b.flag(&env, "patience").await.enabled, false);
 }
@@ -515,11 +643,16 @@ async fn two_appliers_never_apply_a_schedule_twice() {
             let (a, b) = (a.unwrap(), b.unwrap());
             assert_eq!((a.failed, b.failed), (0, 0), "round {round}");
             applied += a.applied + b.applied;
-            if a.processed + b.processed == 0 && applier_a.due_schedules(now).await.unwrap().is_empty() {
+            if a.processed + b.processed == 0
+                && applier_a.due_schedules(now).await.unwrap().is_empty()
+            {
                 break;
             }
         }
-        assert_eq!(applied, RACE_SCHEDULES as u64, "round {round}: every schedule applied once");
+        assert_eq!(
+            applied, RACE_SCHEDULES as u64,
+            "round {round}: every schedule applied once"
+        );
     }
 
     let statuses: Vec<(String, i64)> =
@@ -537,7 +670,9 @@ async fn two_appliers_never_apply_a_schedule_twice() {
     let mut per_schedule: BTreeMap<String, u32> = BTreeMap::new();
     for after in &audited {
         let value: Value = serde_json::from_str(after).unwrap();
-        *per_schedule.entry(value["id"].as_str().unwrap().to_owned()).or_default() += 1;
+        *per_schedule
+            .entry(value["id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     assert_eq!(per_schedule.len() as i64, total, "every schedule audited");
     assert!(per_schedule.values().all(|&n| n == 1), "and exactly once");

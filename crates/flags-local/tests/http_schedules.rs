@@ -44,7 +44,11 @@ async fn schedule_routes_validate_and_answer_like_the_contract() {
     // Each §2.6 validation message, in `fieldErrors` under the field it is about.
     let future = in_seconds(3600);
     let cases: Vec<(Value, &str, &str)> = vec![
-        (json!({"updates": {"enabled": true}}), "scheduledAt", "Required"),
+        (
+            json!({"updates": {"enabled": true}}),
+            "scheduledAt",
+            "Required",
+        ),
         (
             json!({"scheduledAt": "2020-01-01T00:00:00.000Z", "updates": {"enabled": true}}),
             "scheduledAt",
@@ -99,7 +103,10 @@ async fn schedule_routes_validate_and_answer_like_the_contract() {
     }
     let (status, answer) = post(SCHEDULES, r#"{"scheduledAt": "#.to_owned()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(answer["details"]["formErrors"], json!(["Malformed JSON in request body"]));
+    assert_eq!(
+        answer["details"]["formErrors"],
+        json!(["Malformed JSON in request body"])
+    );
     let unknown = json!({"scheduledAt": future, "updates": {"enabled": true}, "maxRetries": 9});
     let (status, answer) = post(SCHEDULES, unknown.to_string()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -120,7 +127,10 @@ async fn schedule_routes_validate_and_answer_like_the_contract() {
     assert_eq!(created["scheduledAt"], future);
     assert_eq!(created["status"], "pending");
     assert_eq!(created["updates"], json!({"rolloutPercentage": 25}));
-    assert_eq!((&created["appliedAt"], &created["errorMessage"]), (&Value::Null, &Value::Null));
+    assert_eq!(
+        (&created["appliedAt"], &created["errorMessage"]),
+        (&Value::Null, &Value::Null)
+    );
     assert_eq!(created["createdBy"], "admin-1");
     assert!(created.get("cancelledBy").is_none() && created.get("cancelledAt").is_none());
     let dev_path = "/admin/flags/wishlist-gallery/schedule?environment=development";
@@ -137,29 +147,46 @@ async fn schedule_routes_validate_and_answer_like_the_contract() {
         json!({"scheduledAt": future, "updates": {"enabled": true}}).to_string(),
     )
     .await;
-    assert_eq!((status, answer), (StatusCode::NOT_FOUND, missing_flag.clone()));
+    assert_eq!(
+        (status, answer),
+        (StatusCode::NOT_FOUND, missing_flag.clone())
+    );
     let (status, answer) = server
         .admin(Method::GET, "/admin/flags/no-such-flag/schedule", None)
         .await;
-    assert_eq!((status, answer), (StatusCode::NOT_FOUND, missing_flag.clone()));
+    assert_eq!(
+        (status, answer),
+        (StatusCode::NOT_FOUND, missing_flag.clone())
+    );
 
     // Cancelling: unknown, non-UUID and other environments' ids are the schedule 404.
-    let no_schedule = json!({
-        "error": "NOT_FOUND",
-        "message": "Schedule not found for flag 'wishlist-gallery'"
-    });
+    let no_schedule = |flag: &str| json!({"error": "NOT_FOUND", "message": format!("Schedule not found for flag '{flag}'")});
     let dev_id = dev["id"].as_str().unwrap();
-    for path in [
-        format!("{SCHEDULES}/not-a-uuid"),
-        format!("{SCHEDULES}/{}", uuid::Uuid::new_v4()),
-        format!("{SCHEDULES}/{dev_id}"),
-        format!("/admin/flags/wishlist-add-item/schedule/{id}"),
+    for (path, flag) in [
+        (format!("{SCHEDULES}/not-a-uuid"), "wishlist-gallery"),
+        (
+            format!("{SCHEDULES}/{}", uuid::Uuid::new_v4()),
+            "wishlist-gallery",
+        ),
+        (format!("{SCHEDULES}/{dev_id}"), "wishlist-gallery"),
+        (
+            format!("/admin/flags/wishlist-add-item/schedule/{id}"),
+            "wishlist-add-item",
+        ),
     ] {
         let (status, answer) = server.admin(Method::DELETE, &path, None).await;
-        assert_eq!((status, answer), (StatusCode::NOT_FOUND, no_schedule.clone()), "{path}");
+        assert_eq!(
+            (status, answer),
+            (StatusCode::NOT_FOUND, no_schedule(flag)),
+            "{path}"
+        );
     }
     let (status, answer) = server
-        .admin(Method::DELETE, &format!("/admin/flags/no-such-flag/schedule/{id}"), None)
+        .admin(
+            Method::DELETE,
+            &format!("/admin/flags/no-such-flag/schedule/{id}"),
+            None,
+        )
         .await;
     assert_eq!((status, answer), (StatusCode::NOT_FOUND, missing_flag));
 
@@ -173,12 +200,23 @@ async fn schedule_routes_validate_and_answer_like_the_contract() {
     let (status, again) = server
         .admin(Method::DELETE, &format!("{SCHEDULES}/{id}"), None)
         .await;
-    assert_eq!((status, again), (StatusCode::OK, cancelled.clone()), "re-cancelling is allowed");
+    assert_eq!(
+        (status, again),
+        (StatusCode::OK, cancelled.clone()),
+        "re-cancelling is allowed"
+    );
     let (_, development_list) = server.admin(Method::GET, dev_path, None).await;
-    assert_eq!(development_list[0]["status"], "pending", "the other environment is untouched");
+    assert_eq!(
+        development_list[0]["status"], "pending",
+        "the other environment is untouched"
+    );
 
     let (_, audit) = server
-        .admin(Method::GET, "/admin/audit?flagKey=wishlist-gallery&environment=production", None)
+        .admin(
+            Method::GET,
+            "/admin/audit?flagKey=wishlist-gallery&environment=production",
+            None,
+        )
         .await;
     let actions: Vec<&str> = audit["items"]
         .as_array()
@@ -186,7 +224,11 @@ async fn schedule_routes_validate_and_answer_like_the_contract() {
         .iter()
         .map(|item| item["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions[..2], ["schedule.cancelled", "schedule.created"], "{audit}");
+    assert_eq!(
+        actions[..2],
+        ["schedule.cancelled", "schedule.created"],
+        "{audit}"
+    );
     assert_eq!(audit["items"][0]["actor"]["sub"], "admin-1");
     server.shutdown().await;
 }
@@ -205,13 +247,20 @@ async fn a_schedule_applies_on_the_running_server_within_two_seconds_of_its_time
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let (_, flags) = server.get("/config/flags", None).await;
-    assert_eq!(flags["scheduled-launch"], false, "cached as off before the schedule");
+    assert_eq!(
+        flags["scheduled-launch"], false,
+        "cached as off before the schedule"
+    );
 
     let at = in_seconds(2);
     let scheduled_at: chrono::DateTime<Utc> = at.parse().unwrap();
     let body = json!({"scheduledAt": at, "updates": {"enabled": true}}).to_string();
     let (status, created) = server
-        .admin(Method::POST, "/admin/flags/scheduled-launch/schedule", Some(&body))
+        .admin(
+            Method::POST,
+            "/admin/flags/scheduled-launch/schedule",
+            Some(&body),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
 
@@ -226,7 +275,10 @@ async fn a_schedule_applies_on_the_running_server_within_two_seconds_of_its_time
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(seen_on >= scheduled_at, "applied before its time");
-    assert!(seen_on <= deadline, "seen at {seen_on}, scheduled at {scheduled_at}");
+    assert!(
+        seen_on <= deadline,
+        "seen at {seen_on}, scheduled at {scheduled_at}"
+    );
 
     let (_, listed) = server
         .admin(Method::GET, "/admin/flags/scheduled-launch/schedule", None)
@@ -235,7 +287,11 @@ async fn a_schedule_applies_on_the_running_server_within_two_seconds_of_its_time
     assert!(listed[0]["appliedAt"].is_string());
     let id = listed[0]["id"].as_str().unwrap();
     let (status, answer) = server
-        .admin(Method::DELETE, &format!("/admin/flags/scheduled-launch/schedule/{id}"), None)
+        .admin(
+            Method::DELETE,
+            &format!("/admin/flags/scheduled-launch/schedule/{id}"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(

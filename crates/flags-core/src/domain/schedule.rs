@@ -36,14 +36,9 @@ impl ScheduleStatus {
     }
 
     pub fn parse(value: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Applied,
-            Self::Failed,
-            Self::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == value)
+        [Self::Pending, Self::Applied, Self::Failed, Self::Cancelled]
+            .into_iter()
+            .find(|s| s.as_str() == value)
     }
 }
 
@@ -91,8 +86,9 @@ impl ScheduleUpdates {
             Some(v) => Some(Rollout::new(v.as_i64()?)?),
         };
         let updates = Self { enabled, rollout };
-        (!updates.is_empty() && map.len() == usize::from(enabled.is_some()) + usize::from(rollout.is_some()))
-            .then_some(updates)
+        (!updates.is_empty()
+            && map.len() == usize::from(enabled.is_some()) + usize::from(rollout.is_some()))
+        .then_some(updates)
     }
 }
 
@@ -199,7 +195,8 @@ mod tests {
     #[test]
     fn retries_wait_two_four_eight_minutes_plus_jitter() {
         let now = Timestamp::parse("2030-01-01T09:00:00.000Z").unwrap();
-        let at = |failures, jitter_s| retry_at(now, failures, TimeDelta::seconds(jitter_s)).to_iso();
+        let at =
+            |failures, jitter_s| retry_at(now, failures, TimeDelta::seconds(jitter_s)).to_iso();
         assert_eq!(at(1, 0), "2030-01-01T09:02:00.000Z");
         assert_eq!(at(2, 30), "2030-01-01T09:04:30.000Z");
         assert_eq!(at(3, 7), "2030-01-01T09:08:07.000Z");
@@ -219,7 +216,13 @@ mod tests {
         assert_eq!(value, json!({"enabled": true, "rolloutPercentage": 50}));
         assert_eq!(ScheduleUpdates::from_json(&value), Some(updates));
         assert_eq!(ScheduleUpdates::from_json(&json!({})), None);
-        assert_eq!(ScheduleUpdates::from_json(&json!({"rolloutPercentage": 101})), None);
-        assert_eq!(ScheduleUpdates::from_json(&json!({"enabled": true, "x": 1})), None);
+        assert_eq!(
+            ScheduleUpdates::from_json(&json!({"rolloutPercentage": 101})),
+            None
+        );
+        assert_eq!(
+            ScheduleUpdates::from_json(&json!({"enabled": true, "x": 1})),
+            None
+        );
     }
 }
