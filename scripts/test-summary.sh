@@ -18,6 +18,7 @@ awk '
     else if (bin ~ /^redis_/) what = "Redis (+ PostgreSQL)"
     else if (bin ~ /^sqlite_/) what = "SQLite (embedded)"
     else if (bin ~ /^lambda_/) what = "Lambda emulator + SSM emulator + PostgreSQL + Redis"
+    else if (bin ~ /^http_edge/) what = "local HTTP server + PostgreSQL + SQLite"
     else if (bin ~ /^http_/) what = "local HTTP server + PostgreSQL + Redis"
     else if (bin ~ /^write_path/) what = "PostgreSQL + Redis"
     else if (bin ~ /^schedules/) what = "PostgreSQL + SQLite"

@@ -32,18 +32,19 @@ impl ApiRequest {
         self.query.get(name).map(String::as_str)
     }
 
-    /// The bearer token of the `Authorization` header: `None` when the header is absent,
-    /// `Some("")` when present but not a bearer token.
+    /// The token of the `Authorization` header: `None` when the header is absent. The `Bearer `
+    /// prefix is optional and matched case-insensitively, as the original accepted both.
     pub fn bearer_token(&self) -> Option<&str> {
         let value = self
             .headers
             .get(header::AUTHORIZATION)?
             .to_str()
-            .unwrap_or("");
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .unwrap_or("");
+            .unwrap_or("")
+            .trim();
+        let token = match value.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest,
+            _ => value,
+        };
         Some(token.trim())
     }
 }

@@ -2,7 +2,7 @@
 //! problem of a request into one 400 instead of stopping at the first.
 
 use crate::api::{ApiError, ApiRequest, MAX_BODY_BYTES, ValidationErrors};
-use flags_core::domain::{Environment, FlagKey, NameError, Timestamp, UserId};
+use flags_core::domain::{Environment, FlagKey, NameError, Timestamp, UserId, has_control_chars};
 use flags_core::service::PageRequest;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -146,9 +146,14 @@ impl Fields {
         }
     }
 
+    /// Length in characters, and no control characters.
     fn check_length(&mut self, name: &str, text: &str, min: usize, max: usize) -> bool {
         let chars = text.chars().count();
-        if chars < min {
+        if has_control_chars(text) {
+            self.errors
+                .add(name, "String must not contain control characters");
+            false
+        } else if chars < min {
             self.errors.add(
                 name,
                 format!("String must contain at least {min} character(s)"),
@@ -327,6 +332,25 @@ mod tests {
             "",
         ] {
             assert!(utc_timestamp(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_rejected_in_every_string() {
+        let mut f = fields(
+            json!({"a": "x\u{0}y", "b": "bell\u{7}", "c": "del\u{7f}", "d": "tab\tok?", "e": "fine é"}),
+            &["a", "b", "c", "d", "e"],
+        );
+        assert_eq!(f.string("a", 1, 10, true), None);
+        assert_eq!(f.nullable_string("b", 10), None);
+        assert_eq!(f.nullable_string("c", 10), None);
+        assert_eq!(f.string("d", 1, 10, true), None);
+        assert_eq!(f.string("e", 1, 10, true).as_deref(), Some("fine é"));
+        for field in ["a", "b", "c", "d"] {
+            assert_eq!(
+                f.errors.fields[field],
+                ["String must not contain control characters"]
+            );
         }
     }
 

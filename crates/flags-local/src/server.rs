@@ -5,6 +5,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use flags_api::api::MAX_BODY_BYTES;
+use flags_api::api::ValidationErrors;
 use flags_api::handlers::handle;
 use flags_api::{ApiError, ApiRequest, ApiResponse, AppContext, Route};
 use flags_core::FlagService;
@@ -60,8 +61,10 @@ async fn dispatch(
     to_http_response(response)
 }
 
-/// Splits the path into decoded segments, dropping the optional `/api` prefix.
-fn path_segments(path: &str) -> Vec<String> {
+/// Splits the path into decoded segments, dropping the optional `/api` prefix. A `%` that is not
+/// followed by two hex digits, or an escape that does not decode to UTF-8, is a 400: decoding it
+/// lossily would turn `%FF` into U+FFFD and address something the client never named.
+fn path_segments(path: &str) -> Result<Vec<String>, ApiError> {
     let path = path
         .strip_prefix("/api")
         .filter(|p| p.is_empty() || p.starts_with('/'))
@@ -69,13 +72,30 @@ fn path_segments(path: &str) -> Vec<String> {
     path.trim_start_matches('/')
         .trim_end_matches('/')
         .split('/')
-        .map(|segment| percent_decode_str(segment).decode_utf8_lossy().into_owned())
+        .map(decode_segment)
         .collect()
+}
+
+fn decode_segment(segment: &str) -> Result<String, ApiError> {
+    let bytes = segment.as_bytes();
+    let well_formed = bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    let decoded = percent_decode_str(segment).decode_utf8();
+    match decoded {
+        Ok(text) if well_formed => Ok(text.into_owned()),
+        _ => Err(ApiError::Validation(ValidationErrors::form(
+            "Invalid percent-encoding in the request path",
+        ))),
+    }
 }
 
 async fn to_api_request(request: Request<Body>) -> Result<(Route, ApiRequest), ApiError> {
     let (parts, body) = request.into_parts();
-    let segments = path_segments(parts.uri.path());
+    let segments = path_segments(parts.uri.path())?;
     let (route, path_params) =
         Route::match_path(&parts.method, &segments).ok_or(ApiError::RouteNotFound)?;
     let query = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
@@ -114,12 +134,26 @@ mod tests {
 
     #[test]
     fn api_prefix_and_encoding() {
-        assert_eq!(path_segments("/api/config/flags"), ["config", "flags"]);
-        assert_eq!(path_segments("/config/flags/"), ["config", "flags"]);
-        assert_eq!(path_segments("/apiary"), ["apiary"]);
+        let segments = |path| path_segments(path).unwrap();
+        assert_eq!(segments("/api/config/flags"), ["config", "flags"]);
+        assert_eq!(segments("/config/flags/"), ["config", "flags"]);
+        assert_eq!(segments("/apiary"), ["apiary"]);
         assert_eq!(
-            path_segments("/admin/flags/f/users/a%20b%2Fc"),
-            ["admin", "flags", "f", "users", "a b/c"]
+            segments("/admin/flags/f/users/a%20b%2Fc%C3%A9"),
+            ["admin", "flags", "f", "users", "a b/cé"]
         );
+    }
+
+    #[test]
+    fn bad_percent_encoding_is_an_error_not_a_replacement_character() {
+        for path in [
+            "/admin/flags/f/users/%FF",
+            "/x/%",
+            "/x/%4",
+            "/x/%zz",
+            "/x/%C3",
+        ] {
+            assert!(path_segments(path).is_err(), "{path}");
+        }
     }
 }

@@ -8,7 +8,7 @@ mod time;
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter, AuditPage};
 pub use evaluation::{EvaluationContext, bucket, evaluate, evaluate_all};
-pub use names::{Environment, FlagKey, NameError, UserId};
+pub use names::{Environment, FlagKey, NameError, UserId, has_control_chars};
 pub use schedule::{
     APPLY_BATCH, ApplyOutcome, ApplyReport, DEFAULT_MAX_RETRIES, NewSchedule, RETRY_JITTER_MAX,
     Schedule, ScheduleStatus, ScheduleUpdates, random_jitter, retry_at,

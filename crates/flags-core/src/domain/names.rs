@@ -84,7 +84,13 @@ impl fmt::Display for FlagKey {
     }
 }
 
-/// The user id of an override: 1..=255 characters (Unicode scalar values), any content.
+/// Whether `text` holds a control character (U+0000–U+001F, U+007F): PostgreSQL refuses NUL in
+/// text, and none of them belongs in an id, a description or a reason (contract §2.3).
+pub fn has_control_chars(text: &str) -> bool {
+    text.chars().any(|c| c <= '\u{1f}' || c == '\u{7f}')
+}
+
+/// The user id of an override: 1..=255 characters (Unicode scalar values), no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserId(String);
 
@@ -97,6 +103,8 @@ impl UserId {
             Err(NameError("User id must not be empty"))
         } else if chars > Self::MAX_CHARS {
             Err(NameError("User id must be at most 255 characters"))
+        } else if has_control_chars(value) {
+            Err(NameError("User id must not contain control characters"))
         } else {
             Ok(Self(value.to_owned()))
         }

@@ -86,6 +86,18 @@ pub async fn seeded_postgres_url() -> String {
     url
 }
 
+/// A migrated, seeded SQLite file of its own under the system temp folder, as a URL.
+pub async fn seeded_sqlite_url() -> String {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("flags-e2e-")));
+    let url = format!("sqlite://{}", path.display());
+    let app = flags_core::App::build(&Config::new(url.clone(), None))
+        .await
+        .unwrap();
+    app.service.store().migrate().await.unwrap();
+    flags_local::seed::seed(&app.service).await.unwrap();
+    url
+}
+
 /// Signing keys in a folder of their own.
 pub fn local_keys() -> LocalKeys {
     let dir = std::env::temp_dir().join(unique("flags-keys-"));

@@ -1,0 +1,172 @@
+//! Hostile and unusual input at the HTTP edge of the local server, on both databases: the
+//! `Authorization` header spelt without `Bearer ` or in another case, control characters in text
+//! fields and path ids, and malformed percent-encoding in the path (contract §2.3, §2.4). Each is a
+//! clear answer, never a 500, and a refused request changes nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use common::server::Server;
+use common::{seeded_postgres_url, seeded_sqlite_url};
+use flags_core::Config;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// The in-memory cache: these tests need no Redis.
+async fn start(database_url: String) -> Server {
+    Server::start_config(Config::new(database_url, None)).await
+}
+
+/// A request with the `Authorization` header exactly as given.
+async fn with_authorization(
+    server: &Server,
+    path: &str,
+    authorization: &str,
+) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", server.http.base))
+        .header("authorization", authorization)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+fn field_errors(body: &Value, field: &str) -> Value {
+    assert_eq!(body["error"], "Validation failed", "{body}");
+    body["details"]["fieldErrors"][field].clone()
+}
+
+async fn token_spellings(server: Server) {
+    let admin = server.admin.clone();
+    for spelling in [
+        admin.clone(),
+        format!("BEARER {admin}"),
+        format!("bearer  {admin}"),
+    ] {
+        let (status, body) = with_authorization(&server, "/admin/flags", &spelling).await;
+        assert_eq!(status, StatusCode::OK, "{spelling:.12}…: {body}");
+    }
+    let (status, body) =
+        with_authorization(&server, "/admin/flags", &format!("Basic {admin}")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["message"], "Invalid or expired token");
+
+    // On the optional-auth route the bare token identifies the caller too.
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            "/admin/flags/wishlist-gallery/users",
+            Some(r#"{"userId": "raw-token-user", "overrideType": "exclude"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let user = server.token("raw-token-user");
+    let (_, anonymous) = server.get("/config/flags", None).await;
+    assert_eq!(anonymous["wishlist-gallery"], true);
+    for spelling in [user.clone(), format!("BeArEr {user}")] {
+        let (status, flags) = with_authorization(&server, "/config/flags", &spelling).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            flags["wishlist-gallery"], false,
+            "the user's exclude override applies"
+        );
+    }
+    server.shutdown().await;
+}
+
+async fn control_characters_and_bad_escapes(server: Server) {
+    let overrides = "/admin/flags/wishlist-gallery/users";
+    let (_, before) = server.admin(Method::GET, overrides, None).await;
+    let (_, flags_before) = server.admin(Method::GET, "/admin/flags", None).await;
+    let control = "String must not contain control characters";
+    let cases: Vec<(Method, &str, Value, &str)> = vec![
+        (
+            Method::POST,
+            overrides,
+            json!({"userId": "a\u{0}b", "overrideType": "include"}),
+            "userId",
+        ),
+        (
+            Method::POST,
+            overrides,
+            json!({"userId": "u1", "overrideType": "include", "reason": "ring\u{7}"}),
+            "reason",
+        ),
+        (
+            Method::POST,
+            "/admin/flags",
+            json!({"flagKey": "new-flag", "description": "del\u{7f}"}),
+            "description",
+        ),
+        (
+            Method::POST,
+            "/admin/flags/wishlist-gallery",
+            json!({"description": "line\nbreak"}),
+            "description",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let (status, answer) = server.admin(method, path, Some(&body.to_string())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert_eq!(field_errors(&answer, field), json!([control]), "{body}");
+    }
+    let (status, answer) = server
+        .admin(Method::DELETE, &format!("{overrides}/a%00b"), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        field_errors(&answer, "userId"),
+        json!(["User id must not contain control characters"])
+    );
+
+    let bad_escape = json!({
+        "error": "Validation failed",
+        "details": {"formErrors": ["Invalid percent-encoding in the request path"], "fieldErrors": {}}
+    });
+    for path in [
+        "/config/flags/%FF",
+        "/config/flags/wishlist%",
+        "/admin/flags/wishlist-gallery/users/%C3",
+    ] {
+        let (status, answer, _) = server
+            .call(Method::GET, path, Some(&server.admin), None)
+            .await;
+        assert_eq!(
+            (status, answer),
+            (StatusCode::BAD_REQUEST, bad_escape.clone()),
+            "{path}"
+        );
+    }
+    let (status, answer) = server
+        .admin(Method::DELETE, &format!("{overrides}/%FF"), None)
+        .await;
+    assert_eq!((status, answer), (StatusCode::BAD_REQUEST, bad_escape));
+
+    // Nothing of it was written.
+    let (_, after) = server.admin(Method::GET, overrides, None).await;
+    assert_eq!(after, before);
+    let (_, flags_after) = server.admin(Method::GET, "/admin/flags", None).await;
+    assert_eq!(flags_after, flags_before);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_spellings_on_postgres() {
+    token_spellings(start(seeded_postgres_url().await).await).await;
+}
+
+#[tokio::test]
+async fn token_spellings_on_sqlite() {
+    token_spellings(start(seeded_sqlite_url().await).await).await;
+}
+
+#[tokio::test]
+async fn control_characters_and_bad_escapes_on_postgres() {
+    control_characters_and_bad_escapes(start(seeded_postgres_url().await).await).await;
+}
+
+#[tokio::test]
+async fn control_characters_and_bad_escapes_on_sqlite() {
+    control_characters_and_bad_escapes(start(seeded_sqlite_url().await).await).await;
+}
