@@ -9,9 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 /// Largest accepted request body (contract §2.3: 413 above 64 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Claims that API Gateway's JWT authorizer already verified (admin routes in AWS).
-pub type AuthorizerClaims = HashMap<String, String>;
-
 #[derive(Debug, Clone, Default)]
 pub struct ApiRequest {
     pub method: Method,
@@ -20,7 +17,6 @@ pub struct ApiRequest {
     pub query: HashMap<String, String>,
     pub headers: HeaderMap,
     pub body: Bytes,
-    pub authorizer_claims: Option<AuthorizerClaims>,
 }
 
 impl ApiRequest {

@@ -1,20 +1,27 @@
 //! Token verification (contract §2.4): RS256 access tokens checked against a JWKS for
 //! signature, issuer, expiry, `token_use == "access"` and client id. In AWS the JWKS is the
-//! Cognito user pool's, fetched once per execution environment; locally it is a file written
-//! by `flagctl`, verified by exactly the same code.
+//! Cognito user pool's, fetched once per execution environment and again (at most once a
+//! minute) when a token names a key it does not hold, as after a rotation; locally it is a file
+//! written by `flagctl`, verified by exactly the same code.
 
-use crate::api::{ApiError, ApiRequest, AuthorizerClaims};
+use crate::api::{ApiError, ApiRequest};
 use flags_core::domain::Actor;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
-use std::time::Duration;
-use tokio::sync::OnceCell;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
 
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// A token naming an unknown key refetches the JWKS at most this often (key rotation).
+const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a failed fetch is answered from memory instead of being tried again.
+const FAILURE_MEMORY: Duration = Duration::from_secs(5);
 const ADMIN_GROUPS: [&str; 2] = ["admin", "admins"];
 
-/// Who the caller is, from a verified token or from API Gateway's authorizer.
+/// Who the caller is, from a verified token.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Caller {
     pub sub: String,
@@ -42,29 +49,6 @@ impl Caller {
             .iter()
             .any(|g| ADMIN_GROUPS.contains(&g.as_str()))
     }
-
-    /// API Gateway passes JWT claims as strings; arrays arrive as `"[admin users]"`.
-    pub fn from_authorizer(claims: &AuthorizerClaims) -> Option<Self> {
-        let sub = claims.get("sub").filter(|s| !s.is_empty())?.clone();
-        let groups = claims
-            .get("cognito:groups")
-            .map(|raw| {
-                raw.trim_matches(|c| c == '[' || c == ']')
-                    .split(|c: char| c == ',' || c.is_whitespace())
-                    .map(|g| g.trim_matches('"'))
-                    .filter(|g| !g.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some(Self {
-            sub,
-            groups,
-            token_use: claims.get("token_use").cloned(),
-            client_id: claims.get("client_id").cloned(),
-            email: claims.get("email").cloned(),
-        })
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,78 +59,180 @@ pub enum AuthError {
     KeysUnavailable(String),
 }
 
+/// Where the signing keys come from.
 #[derive(Debug)]
-enum KeySource {
-    Static(JwkSet),
-    /// Fetched on first use (the cold start warms it) and kept for the process's life.
-    Remote {
+enum KeyOrigin {
+    /// The Cognito user pool's JWKS URL.
+    Url {
         url: String,
         client: reqwest::Client,
-        keys: OnceCell<JwkSet>,
     },
+    /// A JWKS file (local runs; `flagctl` writes it).
+    File(PathBuf),
+    /// Keys given once (tests); never refetched.
+    Fixed,
+}
+
+/// The last fetch attempt, serialised so that concurrent requests wait for one fetch instead of
+/// starting their own.
+#[derive(Debug, Default)]
+struct FetchState {
+    /// When an unknown `kid` last caused a refetch.
+    last_refetch: Option<Instant>,
+    /// The last failed fetch, remembered for [`FAILURE_MEMORY`].
+    failure: Option<(Instant, String)>,
 }
 
 #[derive(Debug)]
 pub struct TokenVerifier {
-    keys: KeySource,
+    origin: KeyOrigin,
+    /// The current keys; `None` until the first successful fetch.
+    keys: RwLock<Option<Arc<JwkSet>>>,
+    fetch: Mutex<FetchState>,
     issuer: String,
     client_id: Option<String>,
 }
 
 impl TokenVerifier {
-    pub fn with_jwks(jwks: JwkSet, issuer: impl Into<String>, client_id: Option<String>) -> Self {
+    fn new(
+        origin: KeyOrigin,
+        keys: Option<JwkSet>,
+        issuer: String,
+        client_id: Option<String>,
+    ) -> Self {
         Self {
-            keys: KeySource::Static(jwks),
-            issuer: issuer.into(),
+            origin,
+            keys: RwLock::new(keys.map(Arc::new)),
+            fetch: Mutex::new(FetchState::default()),
+            issuer,
             client_id,
         }
+    }
+
+    pub fn with_jwks(jwks: JwkSet, issuer: impl Into<String>, client_id: Option<String>) -> Self {
+        Self::new(KeyOrigin::Fixed, Some(jwks), issuer.into(), client_id)
+    }
+
+    /// A JWKS file, read now and read again when a token names a key it does not hold (the
+    /// local key pair was rotated).
+    pub fn with_jwks_file(
+        path: PathBuf,
+        issuer: impl Into<String>,
+        client_id: Option<String>,
+    ) -> Result<Self, AuthError> {
+        let keys = read_jwks_file(&path)?;
+        Ok(Self::new(
+            KeyOrigin::File(path),
+            Some(keys),
+            issuer.into(),
+            client_id,
+        ))
     }
 
     /// A Cognito user pool: issuer `https://cognito-idp.{region}.amazonaws.com/{pool}`.
     pub fn cognito(region: &str, user_pool_id: &str, client_id: Option<String>) -> Self {
         let issuer = format!("https://cognito-idp.{region}.amazonaws.com/{user_pool_id}");
         let url = format!("{issuer}/.well-known/jwks.json");
+        Self::with_jwks_url(url, issuer, client_id)
+    }
+
+    /// Keys fetched from `url` on first use, and again for an unknown `kid`.
+    pub fn with_jwks_url(url: String, issuer: String, client_id: Option<String>) -> Self {
         let client = reqwest::Client::builder()
             .timeout(JWKS_FETCH_TIMEOUT)
             .build()
             .unwrap_or_default();
-        Self {
-            keys: KeySource::Remote {
-                url,
-                client,
-                keys: OnceCell::new(),
-            },
-            issuer,
-            client_id,
-        }
+        Self::new(KeyOrigin::Url { url, client }, None, issuer, client_id)
     }
 
     /// Loads the keys now if they are remote; errors are logged and retried on first use.
     pub async fn warm_up(&self) {
-        if let Err(error) = self.keys().await {
+        if let Err(error) = self.current_keys().await {
             tracing::warn!(error = %error, "could not fetch the JWKS at start; will retry on first token");
         }
     }
 
-    async fn keys(&self) -> Result<&JwkSet, AuthError> {
-        match &self.keys {
-            KeySource::Static(keys) => Ok(keys),
-            KeySource::Remote { url, client, keys } => {
-                keys.get_or_try_init(|| async {
-                    let response = client
-                        .get(url)
-                        .send()
-                        .await
-                        .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
-                    response
-                        .error_for_status()
-                        .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?
-                        .json::<JwkSet>()
-                        .await
-                        .map_err(|e| AuthError::KeysUnavailable(e.to_string()))
-                })
-                .await
+    fn loaded(&self) -> Option<Arc<JwkSet>> {
+        self.keys.read().ok().and_then(|keys| keys.clone())
+    }
+
+    /// The keys, fetched if none were loaded yet. A failed fetch is remembered for
+    /// [`FAILURE_MEMORY`], so requests fail fast instead of each waiting out the fetch timeout.
+    async fn current_keys(&self) -> Result<Arc<JwkSet>, AuthError> {
+        if let Some(keys) = self.loaded() {
+            return Ok(keys);
+        }
+        let mut state = self.fetch.lock().await;
+        if let Some(keys) = self.loaded() {
+            return Ok(keys);
+        }
+        self.fetch_into(&mut state).await
+    }
+
+    /// The keys after one refetch for an unknown `kid`, at most once per [`REFETCH_INTERVAL`];
+    /// `None` when a refetch is not due (the caller rejects the token).
+    async fn refetched_keys(&self, seen: &Arc<JwkSet>) -> Option<Arc<JwkSet>> {
+        let mut state = self.fetch.lock().await;
+        match self.loaded() {
+            // Another request refetched while this one waited for the lock.
+            Some(keys) if !Arc::ptr_eq(&keys, seen) => return Some(keys),
+            _ => {}
+        }
+        if state
+            .last_refetch
+            .is_some_and(|at| at.elapsed() < REFETCH_INTERVAL)
+        {
+            return None;
+        }
+        state.last_refetch = Some(Instant::now());
+        match self.fetch_into(&mut state).await {
+            Ok(keys) => Some(keys),
+            Err(error) => {
+                tracing::warn!(error = %error, "JWKS refetch for an unknown kid failed");
+                None
             }
+        }
+    }
+
+    async fn fetch_into(&self, state: &mut FetchState) -> Result<Arc<JwkSet>, AuthError> {
+        if let Some((at, message)) = &state.failure
+            && at.elapsed() < FAILURE_MEMORY
+        {
+            return Err(AuthError::KeysUnavailable(message.clone()));
+        }
+        match self.fetch_keys().await {
+            Ok(keys) => {
+                let keys = Arc::new(keys);
+                if let Ok(mut slot) = self.keys.write() {
+                    *slot = Some(Arc::clone(&keys));
+                }
+                state.failure = None;
+                Ok(keys)
+            }
+            Err(error) => {
+                state.failure = Some((Instant::now(), error.to_string()));
+                Err(error)
+            }
+        }
+    }
+
+    async fn fetch_keys(&self) -> Result<JwkSet, AuthError> {
+        let unavailable = |e: &dyn std::fmt::Display| AuthError::KeysUnavailable(e.to_string());
+        match &self.origin {
+            KeyOrigin::Url { url, client } => client
+                .get(url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| unavailable(&e))?
+                .json::<JwkSet>()
+                .await
+                .map_err(|e| unavailable(&e)),
+            KeyOrigin::File(path) => read_jwks_file(path),
+            KeyOrigin::Fixed => self
+                .loaded()
+                .map(|keys| keys.as_ref().clone())
+                .ok_or_else(|| unavailable(&"no keys")),
         }
     }
 
@@ -157,7 +243,14 @@ impl TokenVerifier {
             return Err(reject("algorithm must be RS256"));
         }
         let kid = header.kid.ok_or_else(|| reject("token has no kid"))?;
-        let keys = self.keys().await?;
+        let mut keys = self.current_keys().await?;
+        if keys.find(&kid).is_none() {
+            // The pool may have rotated its keys since they were fetched.
+            keys = self
+                .refetched_keys(&keys)
+                .await
+                .ok_or_else(|| reject("unknown signing key"))?;
+        }
         let jwk = keys
             .find(&kid)
             .ok_or_else(|| reject("unknown signing key"))?;
@@ -186,32 +279,37 @@ impl TokenVerifier {
     }
 }
 
-/// The admin check of every admin route: 401 without a valid identity, 403 without the group.
-/// Behind API Gateway the authorizer's claims are used (it verified the token); without them
-/// (the local server, or a misrouted event) the handler verifies the bearer token itself.
+fn read_jwks_file(path: &Path) -> Result<JwkSet, AuthError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AuthError::KeysUnavailable(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| AuthError::KeysUnavailable(format!("{}: {e}", path.display())))
+}
+
+/// The admin check of every admin route: 401 without a valid access token, 403 without the
+/// group. The handler verifies the token itself, in AWS too: an API Gateway authorizer would
+/// answer with its own bodies and accepted Cognito ID tokens.
 pub async fn require_admin(
     verifier: Option<&TokenVerifier>,
     request: &ApiRequest,
 ) -> Result<Caller, ApiError> {
-    let caller = match &request.authorizer_claims {
-        Some(claims) => Caller::from_authorizer(claims).ok_or(ApiError::InvalidToken)?,
-        None => {
-            let token = request.bearer_token().ok_or(ApiError::MissingToken)?;
-            if token.is_empty() {
-                return Err(ApiError::InvalidToken);
+    let token = request.bearer_token().ok_or(ApiError::MissingToken)?;
+    if token.is_empty() {
+        return Err(ApiError::InvalidToken);
+    }
+    let verifier = verifier.ok_or_else(|| {
+        tracing::error!("admin request but no token verifier is configured (COGNITO_USER_POOL_ID)");
+        ApiError::InvalidToken
+    })?;
+    let caller = verifier.verify(token).await.map_err(|error| {
+        match &error {
+            AuthError::Rejected(_) => tracing::info!(error = %error, "admin token rejected"),
+            AuthError::KeysUnavailable(_) => {
+                tracing::error!(error = %error, "admin token not verifiable")
             }
-            let verifier = verifier.ok_or_else(|| {
-                tracing::error!(
-                    "admin request without authorizer claims and no token verifier configured"
-                );
-                ApiError::InvalidToken
-            })?;
-            verifier.verify(token).await.map_err(|error| {
-                tracing::info!(error = %error, "admin token rejected");
-                ApiError::InvalidToken
-            })?
         }
-    };
+        ApiError::InvalidToken
+    })?;
     if caller.is_admin() {
         Ok(caller)
     } else {
@@ -238,23 +336,74 @@ pub async fn optional_caller(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    #[test]
-    fn authorizer_group_claims_are_parsed() {
-        let claims: AuthorizerClaims = [
-            ("sub".to_owned(), "abc".to_owned()),
-            ("cognito:groups".to_owned(), "[users admins]".to_owned()),
-        ]
-        .into();
-        let caller = Caller::from_authorizer(&claims).unwrap();
-        assert!(caller.is_admin());
-        assert_eq!(caller.groups, ["users", "admins"]);
-        let claims: AuthorizerClaims = [
-            ("sub".to_owned(), "abc".to_owned()),
-            ("cognito:groups".to_owned(), "users".to_owned()),
-        ]
-        .into();
-        assert!(!Caller::from_authorizer(&claims).unwrap().is_admin());
-        assert!(Caller::from_authorizer(&AuthorizerClaims::new()).is_none());
+    /// A JWKS endpoint on a spare port answering `status` and `body` to every request, and
+    /// counting them. A plain thread: the test runtime stays free for the verifier.
+    fn jwks_endpoint(status: u16, body: &'static str) -> (String, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for mut socket in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut buffer = [0u8; 4096];
+                let _ = socket.read(&mut buffer);
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes());
+            }
+        });
+        (url, requests)
+    }
+
+    /// A token whose header names `kid`; its claims and signature never get checked here.
+    fn token_with_kid(kid: &str) -> String {
+        let encode = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        format!(
+            "{}.{}.c2ln",
+            encode(&format!(r#"{{"alg":"RS256","typ":"JWT","kid":"{kid}"}}"#)),
+            encode("{}")
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_is_remembered_instead_of_retried_by_every_request() {
+        let (url, requests) = jwks_endpoint(500, "{}");
+        let verifier = TokenVerifier::with_jwks_url(url, "issuer".into(), None);
+        for _ in 0..5 {
+            let result = verifier.verify(&token_with_kid("k1")).await;
+            assert!(
+                matches!(result, Err(AuthError::KeysUnavailable(_))),
+                "{result:?}"
+            );
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kid_refetches_once_then_waits_the_interval() {
+        const JWKS: &str = r#"{"keys":[{"kty":"RSA","kid":"known","alg":"RS256","use":"sig","n":"AQAB","e":"AQAB"}]}"#;
+        let (url, requests) = jwks_endpoint(200, JWKS);
+        let verifier = TokenVerifier::with_jwks_url(url, "issuer".into(), None);
+        verifier.warm_up().await;
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        for _ in 0..3 {
+            let result = verifier.verify(&token_with_kid("rotated")).await;
+            assert!(
+                matches!(&result, Err(AuthError::Rejected(reason)) if reason == "unknown signing key"),
+                "{result:?}"
+            );
+        }
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            2,
+            "one refetch for the unknown kid, then none within the interval"
+        );
     }
 }

@@ -7,13 +7,8 @@ use flags_core::FlagService;
 use flags_core::config::{Config, ConfigError};
 use flags_core::redis::RedisConnection;
 use flags_core::wiring::{App, WiringError};
-use jsonwebtoken::jwk::JwkSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// Values of `REDIS_URL` (or its SSM parameter) that mean "no Redis": the emergency switch
-/// back to the in-memory cache without a code change.
-const REDIS_DISABLED_VALUES: [&str; 3] = ["disabled", "none", "off"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -44,7 +39,7 @@ pub enum AuthConfig {
         issuer: String,
         client_id: Option<String>,
     },
-    /// No verifier: every optional-auth caller is anonymous, admin routes need authorizer claims.
+    /// No verifier: every optional-auth caller is anonymous and every admin request a 401.
     Disabled,
 }
 
@@ -90,20 +85,13 @@ impl AuthConfig {
                 path,
                 issuer,
                 client_id,
-            } => {
-                let jwks_error = |message: String| InitError::Jwks {
-                    path: path.clone(),
-                    message,
-                };
-                let text = std::fs::read_to_string(path).map_err(|e| jwks_error(e.to_string()))?;
-                let jwks: JwkSet =
-                    serde_json::from_str(&text).map_err(|e| jwks_error(e.to_string()))?;
-                Some(TokenVerifier::with_jwks(
-                    jwks,
-                    issuer.clone(),
-                    client_id.clone(),
-                ))
-            }
+            } => Some(
+                TokenVerifier::with_jwks_file(path.clone(), issuer.clone(), client_id.clone())
+                    .map_err(|error| InitError::Jwks {
+                        path: path.clone(),
+                        message: error.to_string(),
+                    })?,
+            ),
             Self::Disabled => {
                 tracing::warn!(
                     "no COGNITO_USER_POOL_ID or AUTH_JWKS_FILE: tokens are not verified by the handlers"
@@ -167,8 +155,6 @@ pub async fn resolve_urls(
         },
         None => get("REDIS_URL"),
     };
-    let redis_url = redis_url
-        .filter(|url| !REDIS_DISABLED_VALUES.contains(&url.trim().to_ascii_lowercase().as_str()));
     Ok((database_url, redis_url))
 }
 

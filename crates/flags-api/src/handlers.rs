@@ -2,7 +2,7 @@
 //! 429 → change), calls the flag service and shapes the JSON; errors become responses in
 //! [`ApiError::into_response`].
 
-use crate::api::{ApiError, ApiRequest, ApiResponse, ValidationErrors};
+use crate::api::{ApiError, ApiRequest, ApiResponse, MAX_BODY_BYTES, ValidationErrors};
 use crate::auth::{optional_caller, require_admin};
 use crate::context::AppContext;
 use crate::routes::Route;
@@ -20,24 +20,13 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Handles one request for one route; never fails (errors are responses).
+/// Handles one request for one route; never fails (errors are responses). An oversized body is
+/// a 413 before anything else, on every route, as the local server's body limit answers it.
 pub async fn handle(ctx: &AppContext, route: Route, request: ApiRequest) -> ApiResponse {
-    let result = match route {
-        Route::GetFlags => get_flags(ctx, &request).await,
-        Route::GetFlag => get_flag(ctx, &request).await,
-        Route::Health => Ok(health(ctx).await),
-        Route::AdminListFlags => admin_list_flags(ctx, &request).await,
-        Route::AdminCreateFlag => admin_create_flag(ctx, &request).await,
-        Route::AdminUpdateFlag => admin_update_flag(ctx, &request).await,
-        Route::AdminDeleteFlag => admin_delete_flag(ctx, &request).await,
-        Route::AdminUpsertOverride => admin_upsert_override(ctx, &request).await,
-        Route::AdminDeleteOverride => admin_delete_override(ctx, &request).await,
-        Route::AdminListOverrides => admin_list_overrides(ctx, &request).await,
-        Route::AdminInvalidateCache => admin_invalidate_cache(ctx, &request).await,
-        Route::AdminAudit => admin_audit(ctx, &request).await,
-        Route::AdminCreateSchedule => admin_create_schedule(ctx, &request).await,
-        Route::AdminListSchedules => admin_list_schedules(ctx, &request).await,
-        Route::AdminCancelSchedule => admin_cancel_schedule(ctx, &request).await,
+    let result = if request.body.len() > MAX_BODY_BYTES {
+        Err(ApiError::PayloadTooLarge)
+    } else {
+        dispatch(ctx, route, &request).await
     };
     let response = result.unwrap_or_else(ApiError::into_response);
     tracing::info!(
@@ -46,6 +35,30 @@ pub async fn handle(ctx: &AppContext, route: Route, request: ApiRequest) -> ApiR
         "request handled"
     );
     response
+}
+
+async fn dispatch(
+    ctx: &AppContext,
+    route: Route,
+    request: &ApiRequest,
+) -> Result<ApiResponse, ApiError> {
+    match route {
+        Route::GetFlags => get_flags(ctx, request).await,
+        Route::GetFlag => get_flag(ctx, request).await,
+        Route::Health => Ok(health(ctx).await),
+        Route::AdminListFlags => admin_list_flags(ctx, request).await,
+        Route::AdminCreateFlag => admin_create_flag(ctx, request).await,
+        Route::AdminUpdateFlag => admin_update_flag(ctx, request).await,
+        Route::AdminDeleteFlag => admin_delete_flag(ctx, request).await,
+        Route::AdminUpsertOverride => admin_upsert_override(ctx, request).await,
+        Route::AdminDeleteOverride => admin_delete_override(ctx, request).await,
+        Route::AdminListOverrides => admin_list_overrides(ctx, request).await,
+        Route::AdminInvalidateCache => admin_invalidate_cache(ctx, request).await,
+        Route::AdminAudit => admin_audit(ctx, request).await,
+        Route::AdminCreateSchedule => admin_create_schedule(ctx, request).await,
+        Route::AdminListSchedules => admin_list_schedules(ctx, request).await,
+        Route::AdminCancelSchedule => admin_cancel_schedule(ctx, request).await,
+    }
 }
 
 fn flag_detail(flag: &Flag) -> Value {

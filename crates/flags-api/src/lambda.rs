@@ -2,7 +2,7 @@
 //! binary calls [`run`] with its route; everything is built during init, before the runtime
 //! loop, and reused by every warm invocation.
 
-use crate::api::{ApiRequest, ApiResponse};
+use crate::api::{ApiError, ApiRequest, ApiResponse};
 use crate::context::AppContext;
 use crate::handlers::handle;
 use crate::routes::Route;
@@ -10,7 +10,6 @@ use bytes::Bytes;
 use flags_core::domain::{ApplyReport, Timestamp};
 use flags_core::service::SweepReport;
 use flags_core::telemetry::{self, LogFormat};
-use lambda_http::request::RequestContext;
 use lambda_http::{Body, LambdaEvent, Request, RequestExt, Response, service_fn};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -39,6 +38,20 @@ pub async fn run(route: Route) -> Result<(), lambda_http::Error> {
                 handle(&context, route, into_api_request(event)).await,
             ))
         }
+    }))
+    .await
+}
+
+/// The runtime loop of the `$default` route: a request that matches no route gets the
+/// contract's 404 body instead of API Gateway's own `{"message":"Not Found"}`. It reads no
+/// configuration and opens no connection, so it cannot fail for want of either.
+pub async fn run_not_found() -> Result<(), lambda_http::Error> {
+    telemetry::init(LogFormat::Json);
+    lambda_http::run(service_fn(|event: Request| async move {
+        tracing::info!(method = %event.method(), path = event.uri().path(), status = 404, "no route");
+        Ok::<_, std::convert::Infallible>(into_lambda_response(
+            ApiError::RouteNotFound.into_response(),
+        ))
     }))
     .await
 }
@@ -135,14 +148,6 @@ pub fn into_api_request(event: Request) -> ApiRequest {
         .iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    let authorizer_claims = match event.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(context)) => context
-            .authorizer
-            .as_ref()
-            .and_then(|a| a.jwt.as_ref())
-            .map(|jwt| jwt.claims.clone()),
-        _ => None,
-    };
     let (parts, body) = event.into_parts();
     let body = match body {
         Body::Empty => Bytes::new(),
@@ -157,7 +162,6 @@ pub fn into_api_request(event: Request) -> ApiRequest {
         query,
         headers: parts.headers,
         body,
-        authorizer_claims,
     }
 }
 

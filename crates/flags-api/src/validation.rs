@@ -1,7 +1,7 @@
 //! Request validation with the original's error wording (zod's messages), collecting every
 //! problem of a request into one 400 instead of stopping at the first.
 
-use crate::api::{ApiError, ApiRequest, MAX_BODY_BYTES, ValidationErrors};
+use crate::api::{ApiError, ApiRequest, ValidationErrors};
 use flags_core::domain::{Environment, FlagKey, NameError, Timestamp, UserId, has_control_chars};
 use flags_core::service::PageRequest;
 
@@ -20,11 +20,8 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
-/// The body as a JSON object; an empty body is `{}`. Size is checked before parsing.
+/// The body as a JSON object; an empty body is `{}`. `handle` has already refused oversized ones.
 pub fn json_object(request: &ApiRequest) -> Result<Map<String, Value>, ApiError> {
-    if request.body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge);
-    }
     if request.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }

@@ -19,7 +19,7 @@ use support::{
     seeded_postgres_url, tool, unique, workspace_root,
 };
 
-/// The admin of the events' authorizer claims (`events/admin-*.json`).
+/// The admin whose token the tests put into the admin events (`events/admin-*.json`).
 const ADMIN_SUB: &str = "a1b2c3d4-0000-1111-2222-admin0000001";
 
 /// Kills the process when dropped, so a failing assertion leaves nothing running.
@@ -62,6 +62,7 @@ fn release_binary(function: &str) -> &'static str {
         "admin-list-schedules" => env!("CARGO_BIN_EXE_admin-list-schedules"),
         "admin-cancel-schedule" => env!("CARGO_BIN_EXE_admin-cancel-schedule"),
         "apply-schedules" => env!("CARGO_BIN_EXE_apply-schedules"),
+        "not-found" => env!("CARGO_BIN_EXE_not-found"),
         other => panic!("no function binary named {other}"),
     }
 }
@@ -71,6 +72,28 @@ fn event(function: &str) -> Value {
         .join("events")
         .join(format!("{function}.json"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// `event` with its `Authorization` header set to `value`, or removed (`None`).
+fn with_authorization(mut event: Value, value: Option<String>) -> Value {
+    let headers = event["headers"].as_object_mut().unwrap();
+    match value {
+        Some(value) => headers.insert("authorization".to_owned(), Value::String(value)),
+        None => headers.remove("authorization"),
+    };
+    event
+}
+
+/// The environment of a function that verifies tokens against `keys`' JWKS file.
+fn auth_env(keys: &flags_local::keys::LocalKeys) -> Vec<(&'static str, String)> {
+    vec![
+        ("AUTH_JWKS_FILE", keys.jwks_path().display().to_string()),
+        ("AUTH_ISSUER", flags_local::keys::LOCAL_ISSUER.to_owned()),
+        (
+            "AUTH_CLIENT_ID",
+            flags_local::keys::LOCAL_CLIENT_ID.to_owned(),
+        ),
+    ]
 }
 
 /// The Lambda runtime emulator on a spare port, with only its runtime and invoke APIs.
@@ -388,21 +411,21 @@ async fn every_function_answers(redis: Option<String>, expected_redis: &str) {
     let redis_down = expected_redis == "down";
     let database_url = seeded_postgres_url().await;
     let keys = local_keys();
-    let mut env = vec![
-        ("DATABASE_URL", database_url.clone()),
-        ("AUTH_JWKS_FILE", keys.jwks_path().display().to_string()),
-        ("AUTH_ISSUER", flags_local::keys::LOCAL_ISSUER.to_owned()),
-        (
-            "AUTH_CLIENT_ID",
-            flags_local::keys::LOCAL_CLIENT_ID.to_owned(),
-        ),
-    ];
+    let mut env = auth_env(&keys);
+    env.push(("DATABASE_URL", database_url.clone()));
     if let Some(url) = redis {
         env.push(("REDIS_URL", url));
     }
+    let admin_token = keys.mint(ADMIN_SUB, &["admin".to_owned()], 600).unwrap();
     let mut bodies: HashMap<&str, Vec<Value>> = HashMap::new();
     for (function, expected) in SEQUENCE {
         let mut events = vec![event(function), event(function)];
+        if function.starts_with("admin-") {
+            // The handler verifies the admin's token itself (no API Gateway authorizer).
+            for event in &mut events {
+                *event = with_authorization(event.take(), Some(format!("Bearer {admin_token}")));
+            }
+        }
         if function == "get-flags" {
             // The same event with a token minted for user-123, who is later given an override.
             let token = keys.mint("user-123", &[], 600).unwrap();
@@ -767,6 +790,89 @@ async fn the_applier_applies_a_due_schedule_once() {
         "{}",
         lambda.logs()
     );
+}
+
+/// Admin functions answer with the contract's bodies in AWS too: API Gateway no longer checks
+/// tokens, so the handler refuses a missing, expired, ID or non-admin token itself, and an
+/// oversized body is a 413 before any of that, as on the local server.
+#[tokio::test]
+async fn admin_functions_verify_tokens_and_answer_the_contract_bodies() {
+    let database_url = seeded_postgres_url().await;
+    let keys = local_keys();
+    let mut env = auth_env(&keys);
+    env.push(("DATABASE_URL", database_url));
+    let issuer = flags_local::keys::LOCAL_ISSUER;
+    let admin = ["admin".to_owned()];
+    let admin_token = keys.mint(ADMIN_SUB, &admin, 600).unwrap();
+    let id_token = keys
+        .mint_with(ADMIN_SUB, &admin, 600, issuer, "id")
+        .unwrap();
+    let expired = keys.mint(ADMIN_SUB, &admin, -120).unwrap();
+    let not_admin = keys.mint("user-123", &["users".to_owned()], 600).unwrap();
+    let invalid = json!({"error": "Unauthorized", "message": "Invalid or expired token"});
+    let cases = [
+        (
+            None,
+            401,
+            json!({"error": "Unauthorized", "message": "Missing Authorization header"}),
+        ),
+        (Some(format!("Bearer {id_token}")), 401, invalid.clone()),
+        (Some(format!("Bearer {expired}")), 401, invalid.clone()),
+        (Some("Bearer not-a-jwt".to_owned()), 401, invalid),
+        (
+            Some(format!("Bearer {not_admin}")),
+            403,
+            json!({"error": "Forbidden", "message": "Admin access required"}),
+        ),
+    ];
+    let lambda = Lambda::start("admin-list-flags", &env);
+    for (authorization, expected_status, expected_body) in cases {
+        let event = with_authorization(event("admin-list-flags"), authorization.clone());
+        let response = lambda.invoke_ok(&event).await;
+        assert_eq!(
+            status(&response),
+            expected_status,
+            "{authorization:?}: {response}"
+        );
+        assert_eq!(body(&response), expected_body, "{authorization:?}");
+    }
+    // The prefix is optional and its case does not matter (contract 2.4).
+    for authorization in [
+        format!("Bearer {admin_token}"),
+        format!("BEARER {admin_token}"),
+        admin_token.clone(),
+    ] {
+        let event = with_authorization(event("admin-list-flags"), Some(authorization));
+        let response = lambda.invoke_ok(&event).await;
+        assert_eq!(status(&response), 200, "{response}");
+    }
+    drop(lambda);
+
+    let lambda = Lambda::start("admin-create-flag", &env);
+    let oversized = json!({"flagKey": "big", "description": "x".repeat(70 * 1024)}).to_string();
+    for authorization in [None, Some(format!("Bearer {admin_token}"))] {
+        let mut event = with_authorization(event("admin-create-flag"), authorization);
+        event["body"] = Value::String(oversized.clone());
+        let response = lambda.invoke_ok(&event).await;
+        assert_eq!(status(&response), 413, "{response}");
+        assert_eq!(body(&response)["error"], "PAYLOAD_TOO_LARGE", "{response}");
+    }
+}
+
+/// The `$default` route's function: the contract's 404 body for any method and path, with no
+/// configuration at all (it opens no connection).
+#[tokio::test]
+async fn the_default_route_answers_the_contract_404() {
+    let lambda = Lambda::start("not-found", &[]);
+    let mut post = event("not-found");
+    post["requestContext"]["http"]["method"] = json!("POST");
+    post["rawPath"] = json!("/admin/flagz");
+    post["requestContext"]["http"]["path"] = json!("/admin/flagz");
+    for event in [event("not-found"), post] {
+        let response = lambda.invoke_ok(&event).await;
+        assert_eq!(status(&response), 404, "{response}");
+        assert_eq!(body(&response), json!({"error": "Not found"}));
+    }
 }
 
 #[tokio::test]

@@ -110,7 +110,6 @@ pub fn api_request(
         query: [("environment".to_owned(), environment.to_owned())].into(),
         headers,
         body,
-        authorizer_claims: None,
     }
 }
 

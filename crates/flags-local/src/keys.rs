@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 /// The issuer and client id of local tokens; the handlers check both, as with Cognito.
 pub const LOCAL_ISSUER: &str = "urn:flags-local:issuer";
 pub const LOCAL_CLIENT_ID: &str = "flags-local";
-const KEY_ID: &str = "flags-local-1";
+/// The key id of the first key pair; [`LocalKeys::rotate`] numbers the next ones.
+const FIRST_KEY_ID: &str = "flags-local-1";
 
 /// Files of the local key pair under one folder.
 #[derive(Debug, Clone)]
@@ -60,8 +61,29 @@ impl LocalKeys {
     }
 
     fn generate(&self) -> std::io::Result<()> {
-        let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
         std::fs::create_dir_all(&self.dir)?;
+        self.write_new_pair(FIRST_KEY_ID, Vec::new())
+    }
+
+    /// Replaces the signing key with a new one under a new key id, keeping the old public keys
+    /// in the JWKS so that tokens already issued stay valid: a rotation as Cognito does it.
+    pub fn rotate(&self) -> std::io::Result<()> {
+        let previous = self.jwks()?.keys;
+        let kid = format!("flags-local-{}", previous.len() + 1);
+        self.write_new_pair(&kid, previous)
+    }
+
+    /// The key id of the current signing key: the JWKS's newest entry.
+    fn current_kid(&self) -> std::io::Result<String> {
+        self.jwks()?
+            .keys
+            .last()
+            .and_then(|jwk| jwk.common.key_id.clone())
+            .ok_or_else(|| std::io::Error::other("the local JWKS holds no key id"))
+    }
+
+    fn write_new_pair(&self, kid: &str, mut published: Vec<Jwk>) -> std::io::Result<()> {
+        let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
         let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|e| invalid(&e))?;
         let der = pair.as_der().map_err(|e| invalid(&e))?;
         let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
@@ -77,15 +99,19 @@ impl LocalKeys {
         let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| invalid(&e))?;
         let mut jwk =
             Jwk::from_encoding_key(&encoding, Algorithm::RS256).map_err(|e| invalid(&e))?;
-        jwk.common.key_id = Some(KEY_ID.to_owned());
+        jwk.common.key_id = Some(kid.to_owned());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         jwk.common.key_algorithm = Some(KeyAlgorithm::RS256);
-        let jwks = JwkSet { keys: vec![jwk] };
+        published.push(jwk);
+        let jwks = JwkSet { keys: published };
         write_private(&self.private_key_path(), pem.as_bytes())?;
+        // Written aside and renamed, so a server rereading it never sees half a file.
+        let staged = self.dir.join("jwks.json.new");
         std::fs::write(
-            self.jwks_path(),
+            &staged,
             serde_json::to_vec_pretty(&jwks).map_err(|e| invalid(&e))?,
         )?;
+        std::fs::rename(staged, self.jwks_path())?;
         Ok(())
     }
 
@@ -119,7 +145,7 @@ impl LocalKeys {
             jti: uuid::Uuid::new_v4().to_string(),
         };
         let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(KEY_ID.to_owned());
+        header.kid = Some(self.current_kid()?);
         encode(&header, &claims, &key).map_err(std::io::Error::other)
     }
 

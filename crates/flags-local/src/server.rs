@@ -115,7 +115,6 @@ async fn to_api_request(request: Request<Body>) -> Result<(Route, ApiRequest), A
         query,
         headers: parts.headers,
         body,
-        authorizer_claims: None,
     };
     Ok((route, api_request))
 }
