@@ -5,8 +5,8 @@ use crate::cache_events::CacheEvents;
 use async_trait::async_trait;
 use flags_api::{AppContext, AuthConfig};
 use flags_core::cache::{
-    CacheError, CacheFill, CacheKind, CacheRead, FlagCache, Generation, InvalidateAllReport,
-    Invalidation,
+    CacheError, CacheFill, CacheKind, CacheRead, Environments, EnvironmentsRead, FlagCache,
+    Generation, InvalidateAllReport, Invalidation,
 };
 use flags_core::domain::{Environment, FlagKey, NewFlag, Rollout};
 use flags_core::rate_limit::{DEFAULT_WINDOW, OverrideRateLimiter};
@@ -192,6 +192,15 @@ impl FlagCache for NoCache {
 
     async fn invalidate(&self, _: &Environment, _: Invalidation<'_>) -> Result<(), CacheError> {
         Ok(())
+    }
+
+    /// No list either: every request asks the database, as the baseline should.
+    async fn read_environments(&self) -> Result<EnvironmentsRead, CacheError> {
+        Err(CacheError::Unavailable("no cache"))
+    }
+
+    async fn fill_environments(&self, _: Generation, _: &Environments) -> Result<bool, CacheError> {
+        Ok(false)
     }
 
     async fn invalidate_all(&self) -> InvalidateAllReport {

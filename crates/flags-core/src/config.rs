@@ -12,6 +12,10 @@ pub const MAX_REDIS_POOL_SIZE: usize = 10;
 /// How long a write keeps retrying its cache invalidation before leaving it to the sweeper.
 pub const INVALIDATION_RETRY_BUDGET: Duration = Duration::from_secs(1);
 
+/// Values of `REDIS_URL` (or its SSM parameter) that mean "no Redis": the emergency switch back
+/// to the in-memory cache without a code change, and the documented local opt-out.
+const REDIS_DISABLED_VALUES: [&str; 3] = ["disabled", "none", "off"];
+
 /// A string that must not reach logs or response bodies.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -86,9 +90,11 @@ impl RedisSettings {
 pub struct Config {
     pub database_url: Secret,
     pub database_pool_size: u32,
-    /// `None`: no `REDIS_URL`, use the in-memory cache.
+    /// `None`: no `REDIS_URL` (or `disabled`), use the in-memory cache.
     pub redis: Option<RedisSettings>,
     pub cache_ttl: Duration,
+    /// What the in-memory cache may hold (`CACHE_MEMORY_MAX_MB`); unused with Redis.
+    pub memory_cache_max_bytes: u64,
     pub override_rate_limit: u32,
 }
 
@@ -100,9 +106,13 @@ impl Config {
             database_url: Secret::new(database_url),
             database_pool_size: 1,
             redis: redis_url
-                .filter(|u| !u.trim().is_empty())
+                .filter(|url| {
+                    let url = url.trim().to_ascii_lowercase();
+                    !url.is_empty() && !REDIS_DISABLED_VALUES.contains(&url.as_str())
+                })
                 .map(RedisSettings::new),
             cache_ttl: Duration::from_secs(DEFAULT_CACHE_TTL_SECS),
+            memory_cache_max_bytes: crate::cache::DEFAULT_MEMORY_CACHE_MAX_BYTES,
             override_rate_limit: crate::rate_limit::DEFAULT_LIMIT,
         }
     }
@@ -115,6 +125,9 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         if let Some(ttl) = parse_var(&lookup, "FLAG_CACHE_TTL_SECONDS", 1..=86_400)? {
             self.cache_ttl = Duration::from_secs(ttl);
+        }
+        if let Some(mib) = parse_var(&lookup, "CACHE_MEMORY_MAX_MB", 1..=4096)? {
+            self.memory_cache_max_bytes = mib * 1024 * 1024;
         }
         if let Some(size) = parse_var(&lookup, "DATABASE_POOL_SIZE", 1..=100)? {
             self.database_pool_size = size as u32;
@@ -204,6 +217,11 @@ mod tests {
             .with_env_overrides(env(&[("REDIS_POOL_SIZE", "11")]))
             .unwrap_err();
         assert_eq!(error.variable, "REDIS_POOL_SIZE");
-        assert!(Config::new("x", Some("  ".into())).redis.is_none());
+        for none in ["  ", "disabled", "Off", " none "] {
+            assert!(
+                Config::new("x", Some(none.into())).redis.is_none(),
+                "{none:?}"
+            );
+        }
     }
 }

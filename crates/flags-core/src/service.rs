@@ -1,7 +1,9 @@
 //! The flag service: cache-aside reads with database fallback; writes that commit the change,
 //! its audit row and a pending invalidation together, then invalidate the cache (contract §3.1).
 
-use crate::cache::{CacheFill, CacheKind, FlagCache, InvalidateAllReport, Invalidation};
+use crate::cache::{
+    CacheFill, CacheKind, Environments, FlagCache, InvalidateAllReport, Invalidation,
+};
 use crate::domain::{
     APPLY_BATCH, Actor, ApplyOutcome, ApplyReport, AuditAction, AuditFilter, AuditPage,
     Environment, EvaluationContext, Flag, FlagKey, FlagPatch, FlagSet, NewFlag, NewOverride,
@@ -147,6 +149,12 @@ impl FlagService {
         }
 
         let flags_missed = cached_flags.is_none();
+        // A name nobody created (a typo, or a loop over made-up names) is answered from the
+        // cached list of environments: no database query, and nothing cached under the name.
+        if flags_missed && generation.is_some() && !self.environment_exists(env).await {
+            tracing::info!(cache = "hit", environment = %env, "no flags in this environment");
+            return Ok((FlagSet::new(), UserOverrides::new()));
+        }
         let flags = match cached_flags {
             Some(flags) => flags,
             None => self
@@ -181,6 +189,34 @@ impl FlagService {
             }
         }
         Ok((flags, overrides))
+    }
+
+    /// Whether `env` holds flags, from the cached list of environments (loaded from the database
+    /// and put back on a miss). `true` when the list cannot be had: the caller asks the database.
+    async fn environment_exists(&self, env: &Environment) -> bool {
+        let read = match self.cache.read_environments().await {
+            Ok(read) => read,
+            Err(_) => return true,
+        };
+        let environments = match read.environments {
+            Some(environments) => environments,
+            None => {
+                let environments: Environments = match self.store.list_environments().await {
+                    Ok(names) => names.into_iter().collect(),
+                    Err(_) => return true,
+                };
+                if let Err(error) = self
+                    .cache
+                    .fill_environments(read.generation, &environments)
+                    .await
+                {
+                    tracing::warn!(cache = "unavailable", error = %error,
+                        "could not cache the list of environments");
+                }
+                environments
+            }
+        };
+        environments.contains(env.as_str())
     }
 
     /// Every flag of the environment evaluated for the caller (contract §1.1).
@@ -242,7 +278,7 @@ impl FlagService {
             .create_flag(env, &new, actor)
             .await
             .map_err(|e| named_after(e, &new.flag_key))?;
-        Ok(self.propagate(env, Invalidation::Flags, committed).await)
+        Ok(self.propagate(env, Invalidation::NewFlag, committed).await)
     }
 
     pub async fn update_flag(

@@ -54,13 +54,22 @@ impl App {
                 Some(connection)
             }
             None => {
-                tracing::info!("REDIS_URL not set; using the per-process in-memory cache");
+                tracing::info!(
+                    "no REDIS_URL (or `disabled`); using the per-process in-memory cache"
+                );
                 None
             }
         };
         let cache: Arc<dyn FlagCache> = match &redis {
-            Some(connection) => Arc::new(RedisCache::new(connection.clone(), config.cache_ttl)),
-            None => Arc::new(MemoryCache::new(config.cache_ttl)),
+            Some(connection) => Arc::new(RedisCache::new(
+                connection.clone(),
+                config.cache_ttl,
+                store.cache_scope(),
+            )),
+            None => Arc::new(MemoryCache::with_max_bytes(
+                config.cache_ttl,
+                config.memory_cache_max_bytes,
+            )),
         };
         let limiter =
             OverrideRateLimiter::new(redis.clone(), config.override_rate_limit, DEFAULT_WINDOW);

@@ -30,3 +30,32 @@ async fn database_constraints_back_the_validation() {
     .unwrap();
     assert_eq!(column_type, "timestamp with time zone");
 }
+
+/// A database created with a linguistic default collation (ICU `en-US`, as many managed
+/// PostgreSQL instances are) would sort `a` before `B`; the list stays in byte order.
+#[tokio::test]
+async fn flags_list_in_byte_order_under_a_linguistic_collation() {
+    use flags_core::store::FlagStore;
+    let store = common::postgres_store().await;
+    sqlx::query(
+        "ALTER TABLE feature_flags ALTER COLUMN flag_key TYPE varchar(100) COLLATE \"en-US-x-icu\"",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let prod = common::env("production");
+    for name in ["a-flag", "B-flag", "c-flag"] {
+        store
+            .create_flag(&prod, &common::new_flag(name, false, 0), None)
+            .await
+            .unwrap();
+    }
+    let keys: Vec<_> = store
+        .list_flags(&prod)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.flag_key.to_string())
+        .collect();
+    assert_eq!(keys, ["B-flag", "a-flag", "c-flag"]);
+}

@@ -6,7 +6,7 @@
 )]
 mod common;
 
-use common::{SpareRedis, redis_client, redis_url, unique_env};
+use common::{SpareRedis, redis_client, redis_url, unique, unique_env};
 use flags_core::cache::{
     CacheFill, FlagCache, Generation, InvalidateAllReport, Invalidation, RedisCache,
     decode_snapshot,
@@ -20,12 +20,16 @@ use fred::prelude::{ClientLike, Expiration, KeysInterface};
 use std::time::Duration;
 
 async fn cache_at(url: &str, ttl_secs: u64) -> RedisCache {
+    cache_for_scope(url, ttl_secs, &unique("scope-")).await
+}
+
+async fn cache_for_scope(url: &str, ttl_secs: u64, scope: &str) -> RedisCache {
     let connection = RedisConnection::start(&RedisSettings::new(url)).unwrap();
     assert!(
         connection.wait_connected(Duration::from_secs(5)).await,
         "Redis must be reachable at {url}"
     );
-    RedisCache::new(connection, Duration::from_secs(ttl_secs))
+    RedisCache::new(connection, Duration::from_secs(ttl_secs), scope)
 }
 
 async fn cache() -> RedisCache {
@@ -665,4 +669,79 @@ async fn invalidate_all_against_a_dead_redis_reports_incomplete() {
     redis.kill();
     let report = cache.invalidate_all().await;
     assert_eq!(report, InvalidateAllReport::default());
+}
+
+/// The list of environments (answers for made-up names) follows the generation protocol: a fill
+/// read before a flag creation or a sweep is refused, both retire the list, an update does not,
+/// garbage is a miss that the next fill repairs, and each database's scope has its own list.
+#[tokio::test]
+async fn the_list_of_environments_follows_the_generation_protocol() {
+    let scope = unique("scope-");
+    let cache = cache_for_scope(&redis_url(), 300, &scope).await;
+    let env = unique_env();
+    let listed = |names: &[&str]| -> flags_core::cache::Environments {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    };
+
+    let empty = cache.read_environments().await.unwrap();
+    assert_eq!(empty.environments, None);
+    cache.invalidate(&env, Invalidation::NewFlag).await.unwrap();
+    assert!(
+        !cache
+            .fill_environments(empty.generation, &listed(&["old"]))
+            .await
+            .unwrap(),
+        "read before the flag was created"
+    );
+    let current = cache.read_environments().await.unwrap();
+    assert!(
+        cache
+            .fill_environments(current.generation, &listed(&[env.as_str()]))
+            .await
+            .unwrap()
+    );
+    let read = cache.read_environments().await.unwrap();
+    assert_eq!(read.environments, Some(listed(&[env.as_str()])));
+    let other_database = cache_for_scope(&redis_url(), 300, &unique("scope-")).await;
+    assert_eq!(
+        other_database
+            .read_environments()
+            .await
+            .unwrap()
+            .environments,
+        None
+    );
+
+    cache.invalidate(&env, Invalidation::Flags).await.unwrap();
+    assert!(
+        cache
+            .read_environments()
+            .await
+            .unwrap()
+            .environments
+            .is_some()
+    );
+    cache
+        .invalidate(&env, Invalidation::Environment)
+        .await
+        .unwrap();
+    assert_eq!(cache.read_environments().await.unwrap().environments, None);
+
+    let raw = redis_client(&redis_url()).await;
+    let key = flags_core::redis::environments_key(&scope);
+    raw.set::<(), _, _>(&key, "not json", None, None, false)
+        .await
+        .unwrap();
+    let garbage = cache.read_environments().await.unwrap();
+    assert_eq!(garbage.environments, None);
+    assert!(
+        cache
+            .fill_environments(garbage.generation, &listed(&["a"]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        cache.read_environments().await.unwrap().environments,
+        Some(listed(&["a"]))
+    );
 }

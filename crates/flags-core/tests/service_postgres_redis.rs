@@ -10,7 +10,7 @@ mod common;
 use common::service::{PausingStore, redis_connection, service_with_memory, service_with_redis};
 use common::{as_dyn_store, key, new_flag, postgres_store, redis_client, redis_url, unique_env};
 use flags_core::cache::CacheKind;
-use flags_core::domain::{FlagPatch, NewOverride, OverrideType, Rollout, UserId};
+use flags_core::domain::{Environment, FlagPatch, NewOverride, OverrideType, Rollout, UserId};
 use flags_core::redis::snapshot_key;
 use flags_core::service::{PageRequest, RedisStatus, ServiceError};
 use flags_core::store::FlagStore;
@@ -453,4 +453,58 @@ async fn redis_unreachable_at_start_still_serves_from_the_database() {
             .rollout_percentage,
         5
     );
+}
+
+/// Made-up environment names (a typo, or a loop over new names) cost the database nothing per
+/// name: they are answered from the cached list of environments. A flag created in a brand-new
+/// environment is seen by the next read, also on an instance that cached the list before.
+async fn made_up_environments_never_reach_the_database(
+    reader: &FlagService,
+    reads: &PausingStore,
+    writer: &FlagService,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let prefix = common::unique("nx");
+    for i in 0..10_000 {
+        let env = Environment::parse(&format!("{prefix}-{i}")).unwrap();
+        assert!(
+            reader
+                .evaluate_all(&env, Some("user-1"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(reads.list_flags_calls.load(SeqCst), 0);
+    assert_eq!(reads.list_environments_calls.load(SeqCst), 1);
+
+    let fresh = Environment::parse(&format!("{prefix}-new")).unwrap();
+    writer
+        .create_flag(&fresh, new_flag("a", true, 100), None)
+        .await
+        .unwrap();
+    assert_eq!(reader.evaluate_all(&fresh, None).await.unwrap()["a"], true);
+    assert_eq!(
+        reader.get_flag(&fresh, &key("a")).await.unwrap().flag_key,
+        "a"
+    );
+}
+
+#[tokio::test]
+async fn made_up_environments_with_redis_and_a_second_instance() {
+    let store = as_dyn_store(postgres_store().await);
+    let reads = Arc::new(PausingStore::new(store.clone()));
+    let redis = redis_connection(&redis_url(), Duration::from_millis(500)).await;
+    let reader = service_with_redis(reads.clone(), redis, 100);
+    let other_redis = redis_connection(&redis_url(), Duration::from_millis(500)).await;
+    let writer = service_with_redis(store, other_redis, 100);
+    made_up_environments_never_reach_the_database(&reader, &reads, &writer).await;
+}
+
+#[tokio::test]
+async fn made_up_environments_with_the_memory_cache() {
+    let store = as_dyn_store(postgres_store().await);
+    let reads = Arc::new(PausingStore::new(store));
+    let service = service_with_memory(reads.clone());
+    made_up_environments_never_reach_the_database(&service, &reads, &service).await;
 }

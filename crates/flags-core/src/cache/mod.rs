@@ -7,17 +7,25 @@
 //!
 //! Every invalidation costs O(1) work, whatever the number of cached users: cached override
 //! values carry the environment's overrides epoch, and bumping it retires all of them at once.
+//!
+//! The caches also hold the list of environments that have flags, under the same protocol, so
+//! that a request for an environment nobody created is answered without a database query and
+//! without a cache entry of its own: made-up names cost neither memory nor the database anything.
 
 mod memory;
 mod payload;
 mod redis;
 
-pub use memory::MemoryCache;
+pub use memory::{DEFAULT_MEMORY_CACHE_MAX_BYTES, MemoryCache};
 pub use payload::{decode_overrides, decode_snapshot, encode_overrides, encode_snapshot};
 pub use redis::RedisCache;
 
 use crate::domain::{Environment, FlagSet, UserOverrides};
 use async_trait::async_trait;
+use std::collections::BTreeSet;
+
+/// The names of the environments that hold at least one flag.
+pub type Environments = BTreeSet<String>;
 
 /// Which cache a service runs with; reported by `/health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,13 +92,31 @@ pub struct CacheFill<'a> {
 /// What a write makes stale.
 #[derive(Debug, Clone, Copy)]
 pub enum Invalidation<'a> {
-    /// The environment's flag snapshot (flag created or updated).
+    /// The environment's flag snapshot (flag updated).
     Flags,
+    /// The snapshot and the list of environments: a flag was created, perhaps the first one of
+    /// its environment.
+    NewFlag,
     /// One user's overrides (override added or removed).
     User(&'a str),
-    /// Everything cached for the environment: the snapshot and every user's overrides (a flag
-    /// deleted took its overrides with it; a sweep does not know what the failed write changed).
+    /// Everything cached for the environment: the snapshot, every user's overrides and the list
+    /// of environments (a flag deleted took its overrides with it; a sweep does not know what the
+    /// failed write changed).
     Environment,
+}
+
+impl Invalidation<'_> {
+    /// Whether the write may have changed which environments exist.
+    pub fn retires_environments(self) -> bool {
+        matches!(self, Self::NewFlag | Self::Environment)
+    }
+}
+
+/// The cached list of environments (a miss is `None`) and the generation to fill it under.
+#[derive(Debug, Clone, Default)]
+pub struct EnvironmentsRead {
+    pub environments: Option<Environments>,
+    pub generation: Generation,
 }
 
 /// What invalidate-all did: exactly the keys it deleted, and whether it reached the end.
@@ -118,6 +144,14 @@ pub trait FlagCache: Send + Sync + std::fmt::Debug {
     /// read path's breaker; retried briefly before it fails (contract §3.1).
     async fn invalidate(&self, env: &Environment, what: Invalidation<'_>)
     -> Result<(), CacheError>;
+    /// The cached list of environments, in one round trip.
+    async fn read_environments(&self) -> Result<EnvironmentsRead, CacheError>;
+    /// Stores the list unless `generation` is outdated; returns whether it was stored.
+    async fn fill_environments(
+        &self,
+        generation: Generation,
+        environments: &Environments,
+    ) -> Result<bool, CacheError>;
     /// Deletes every `feature_flags:*` key, page by page; never fails, reports what it did.
     async fn invalidate_all(&self) -> InvalidateAllReport;
     /// Whether the cache answers right now (for `/health`).

@@ -2,13 +2,14 @@
 
 use super::payload::{decode_overrides, decode_snapshot, encode_overrides, encode_snapshot};
 use super::{
-    CacheError, CacheFill, CacheKind, CacheRead, FlagCache, Generation, InvalidateAllReport,
-    Invalidation,
+    CacheError, CacheFill, CacheKind, CacheRead, Environments, EnvironmentsRead, FlagCache,
+    Generation, InvalidateAllReport, Invalidation,
 };
 use crate::config::INVALIDATION_RETRY_BUDGET;
 use crate::domain::Environment;
 use crate::redis::{
-    CACHE_PREFIX, RedisConnection, generation_key, overrides_epoch_key, overrides_key, snapshot_key,
+    CACHE_PREFIX, RedisConnection, environments_generation_key, environments_key, generation_key,
+    overrides_epoch_key, overrides_key, snapshot_key,
 };
 use async_trait::async_trait;
 use fred::prelude::{ClientLike, KeysInterface, Value};
@@ -45,14 +46,27 @@ return 1"
     ))
 });
 
-/// Bumps the generation KEYS[1], the overrides epoch KEYS[2] too when ARGV[1] is '1' (a reset
-/// already moved a garbage value), and deletes KEYS[3..]: atomically, a fixed handful of keys.
+/// Sets KEYS[2] to ARGV[2] with `EX ARGV[3]`, only while the counter KEYS[1] still equals
+/// ARGV[1] (the list of environments under its generation).
+static FILL_ONE_IF_CURRENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(format!(
+        r"{CURRENT_COUNTER}
+if current(KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1"
+    ))
+});
+
+/// Bumps the counters KEYS[1..ARGV[1]] (one a reset already moved from a garbage value is left
+/// as it is) and deletes the rest of KEYS: atomically, a fixed handful of keys.
 static BUMP_AND_DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(format!(
         r"{CURRENT_COUNTER}
-if current(KEYS[1]) ~= nil then redis.call('INCR', KEYS[1]) end
-if ARGV[1] == '1' and current(KEYS[2]) ~= nil then redis.call('INCR', KEYS[2]) end
-if #KEYS > 2 then return redis.call('DEL', unpack(KEYS, 3)) end
+local counters = tonumber(ARGV[1])
+for i = 1, counters do
+  if current(KEYS[i]) ~= nil then redis.call('INCR', KEYS[i]) end
+end
+if #KEYS > counters then return redis.call('DEL', unpack(KEYS, counters + 1)) end
 return 0"
     ))
 });
@@ -61,11 +75,20 @@ return 0"
 pub struct RedisCache {
     redis: RedisConnection,
     ttl: Duration,
+    /// The keys of the list of environments of this cache's database.
+    environments_key: String,
+    environments_generation_key: String,
 }
 
 impl RedisCache {
-    pub fn new(redis: RedisConnection, ttl: Duration) -> Self {
-        Self { redis, ttl }
+    /// `scope` names the database whose environments the list holds (`FlagStore::cache_scope`).
+    pub fn new(redis: RedisConnection, ttl: Duration, scope: &str) -> Self {
+        Self {
+            redis,
+            ttl,
+            environments_key: environments_key(scope),
+            environments_generation_key: environments_generation_key(scope),
+        }
     }
 
     pub fn connection(&self) -> &RedisConnection {
@@ -214,33 +237,92 @@ impl FlagCache for RedisCache {
         env: &Environment,
         what: Invalidation<'_>,
     ) -> Result<(), CacheError> {
-        let mut keys = vec![generation_key(env), overrides_epoch_key(env)];
-        let bump_epoch = match what {
-            Invalidation::Flags => {
-                keys.push(snapshot_key(env));
-                false
-            }
-            Invalidation::User(user) => {
-                keys.push(overrides_key(env, user));
-                false
-            }
-            Invalidation::Environment => {
-                keys.push(snapshot_key(env));
-                true
-            }
+        // The counters to bump, then the keys to delete.
+        let (counters, deleted) = match what {
+            Invalidation::Flags => (vec![generation_key(env)], vec![snapshot_key(env)]),
+            Invalidation::User(user) => (vec![generation_key(env)], vec![overrides_key(env, user)]),
+            Invalidation::NewFlag => (
+                vec![
+                    generation_key(env),
+                    self.environments_generation_key.clone(),
+                ],
+                vec![snapshot_key(env), self.environments_key.clone()],
+            ),
+            Invalidation::Environment => (
+                vec![
+                    generation_key(env),
+                    overrides_epoch_key(env),
+                    self.environments_generation_key.clone(),
+                ],
+                vec![snapshot_key(env), self.environments_key.clone()],
+            ),
         };
-        let bump_epoch = if bump_epoch { "1" } else { "0" };
+        let count = counters.len().to_string();
+        let keys: Vec<String> = counters.into_iter().chain(deleted).collect();
         self.redis
             .run_with_retry("invalidate", INVALIDATION_RETRY_BUDGET, |client| {
-                let keys = keys.clone();
+                let (keys, count) = (keys.clone(), count.clone());
                 async move {
                     BUMP_AND_DELETE
-                        .evalsha_with_reload::<i64, _, _>(&client, keys, vec![bump_epoch])
+                        .evalsha_with_reload::<i64, _, _>(&client, keys, vec![count])
                         .await
                 }
             })
             .await?;
         Ok(())
+    }
+
+    async fn read_environments(&self) -> Result<EnvironmentsRead, CacheError> {
+        let keys = vec![
+            self.environments_generation_key.clone(),
+            self.environments_key.clone(),
+        ];
+        let values: Vec<Value> = self
+            .redis
+            .run("mget_environments", |client| async move {
+                client.mget(keys).await
+            })
+            .await?;
+        let text = |i: usize| values.get(i).and_then(|v| v.as_string());
+        let environments = text(1).and_then(|raw| {
+            let decoded = serde_json::from_str::<Environments>(&raw).ok();
+            if decoded.is_none() {
+                tracing::warn!(key = %self.environments_key, "unreadable environment list in redis; treating as a miss");
+            }
+            decoded
+        });
+        Ok(EnvironmentsRead {
+            environments,
+            generation: Generation {
+                fills: parse_counter(text(0)).unwrap_or(0),
+                overrides_epoch: Some(0),
+            },
+        })
+    }
+
+    async fn fill_environments(
+        &self,
+        generation: Generation,
+        environments: &Environments,
+    ) -> Result<bool, CacheError> {
+        let keys = vec![
+            self.environments_generation_key.clone(),
+            self.environments_key.clone(),
+        ];
+        let args = vec![
+            generation.fills.to_string(),
+            serde_json::to_string(environments).map_err(|e| CacheError::Command(e.to_string()))?,
+            self.ttl.as_secs().max(1).to_string(),
+        ];
+        let stored: i64 = self
+            .redis
+            .run("fill_environments", |client| async move {
+                FILL_ONE_IF_CURRENT
+                    .evalsha_with_reload(&client, keys, args)
+                    .await
+            })
+            .await?;
+        Ok(stored == 1)
     }
 
     async fn invalidate_all(&self) -> InvalidateAllReport {

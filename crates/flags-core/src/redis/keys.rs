@@ -19,6 +19,17 @@ pub fn overrides_key(env: &Environment, user_id: &str) -> String {
     format!("{CACHE_PREFIX}{env}:overrides:{user_id}")
 }
 
+/// The list of environments that have flags in the database `scope` names (see
+/// `FlagStore::cache_scope`). `_` cannot start an environment name, so no snapshot can take it.
+pub fn environments_key(scope: &str) -> String {
+    format!("{CACHE_PREFIX}_environments:{scope}")
+}
+
+/// Bumped by every write that may change which environments exist (a flag created or deleted).
+pub fn environments_generation_key(scope: &str) -> String {
+    format!("feature_flags_generation:_environments:{scope}")
+}
+
 /// Bumped by every write to the environment: a fill lands only under the generation its reader saw.
 pub fn generation_key(env: &Environment) -> String {
     format!("feature_flags_generation:{env}")

@@ -11,7 +11,8 @@
 mod keys;
 
 pub use keys::{
-    CACHE_PREFIX, generation_key, overrides_epoch_key, overrides_key, rate_limit_key, snapshot_key,
+    CACHE_PREFIX, environments_generation_key, environments_key, generation_key,
+    overrides_epoch_key, overrides_key, rate_limit_key, snapshot_key,
 };
 
 use crate::cache::CacheError;

@@ -118,6 +118,13 @@ pub trait FlagStore: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<(), StoreError>;
     async fn migrate(&self) -> Result<(), StoreError>;
 
+    /// Names this database among others that may share one Redis (the test suite's schemas do):
+    /// the cached list of environments is kept per database.
+    fn cache_scope(&self) -> &str;
+
+    /// The environments that hold at least one flag.
+    async fn list_environments(&self) -> Result<Vec<String>, StoreError>;
+
     /// Every flag of an environment, sorted by key.
     async fn list_flags(&self, env: &Environment) -> Result<Vec<Flag>, StoreError>;
     async fn get_flag(&self, env: &Environment, key: &FlagKey) -> Result<Option<Flag>, StoreError>;

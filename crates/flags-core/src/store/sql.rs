@@ -1,7 +1,8 @@
 //! The PostgreSQL and SQLite adapters. The SQL is identical for both (`$n` placeholders,
 //! `ON CONFLICT`, `RETURNING` work in each), so one macro writes both impls; only pool set-up,
 //! migrations and how a write transaction locks differ. Runtime-checked queries keep the build
-//! free of a database.
+//! free of a database. Flags list in byte order on both: PostgreSQL's default collation would
+//! put `a` before `B`, SQLite's `BINARY` does not, so PostgreSQL's query says `COLLATE "C"`.
 //!
 //! A write transaction locks the flag it is about: `SELECT … FOR UPDATE` on PostgreSQL, and
 //! `BEGIN IMMEDIATE` (the database's single write lock, taken at the start) on SQLite. Writers
@@ -255,6 +256,17 @@ fn placeholders(count: usize) -> String {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    cache_scope: String,
+}
+
+/// A short, stable name for a database: a hash, so no host name ends up in a Redis key.
+fn scope_of(identity: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(identity.as_bytes());
+    digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 impl PostgresStore {
@@ -269,8 +281,19 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy_with(options);
-        Self { pool }
+            .connect_lazy_with(options.clone());
+        let identity = format!(
+            "postgres://{}@{}:{}/{}?{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default(),
+            options.get_options().unwrap_or_default()
+        );
+        Self {
+            pool,
+            cache_scope: scope_of(&identity),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -282,6 +305,7 @@ impl PostgresStore {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    cache_scope: String,
 }
 
 impl SqliteStore {
@@ -291,10 +315,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        let cache_scope = scope_of(&format!("sqlite:{}", options.get_filename().display()));
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self { pool, cache_scope })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -314,7 +339,8 @@ macro_rules! sql_flag_store {
         $begin:literal,
         $lock:literal,
         $claim_lock:literal,
-        $lock_nowait:literal
+        $lock_nowait:literal,
+        $byte_order:literal
     ) => {
         impl $store {
             /// Starts a write transaction (see the module docs for how it locks).
@@ -654,6 +680,10 @@ macro_rules! sql_flag_store {
                 $backend
             }
 
+            fn cache_scope(&self) -> &str {
+                &self.cache_scope
+            }
+
             async fn ping(&self) -> Result<(), StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())
@@ -664,8 +694,17 @@ macro_rules! sql_flag_store {
                 Ok(())
             }
 
+            async fn list_environments(&self) -> Result<Vec<String>, StoreError> {
+                Ok(sqlx::query_scalar("SELECT DISTINCT environment FROM feature_flags")
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
             async fn list_flags(&self, env: &Environment) -> Result<Vec<Flag>, StoreError> {
-                let sql = format!("SELECT {FLAG_COLUMNS} FROM feature_flags WHERE environment = $1 ORDER BY flag_key");
+                let sql = format!(
+                    "SELECT {FLAG_COLUMNS} FROM feature_flags WHERE environment = $1 ORDER BY flag_key{}",
+                    $byte_order
+                );
                 let rows: Vec<FlagRow> = sqlx::query_as(&sql).bind(env.as_str()).fetch_all(&self.pool).await?;
                 Ok(rows.into_iter().map(Flag::from).collect())
             }
@@ -782,7 +821,7 @@ macro_rules! sql_flag_store {
                      VALUES ($1, $2, $3, $4, $5, $6, $7) \
                      ON CONFLICT (flag_id, user_id) DO UPDATE SET \
                        override_type = excluded.override_type, reason = excluded.reason, \
-                       created_by = excluded.created_by, created_at = excluded.created_at \
+                       created_by = excluded.created_by \
                      RETURNING {OVERRIDE_COLUMNS}"
                 );
                 let row: OverrideRow = sqlx::query_as(&sql)
@@ -1077,7 +1116,8 @@ sql_flag_store!(
     "BEGIN",
     " FOR UPDATE",
     " FOR UPDATE SKIP LOCKED",
-    " FOR UPDATE NOWAIT"
+    " FOR UPDATE NOWAIT",
+    " COLLATE \"C\""
 );
 sql_flag_store!(
     SqliteStore,
@@ -1085,6 +1125,7 @@ sql_flag_store!(
     "sqlite",
     SQLITE_MIGRATOR,
     "BEGIN IMMEDIATE",
+    "",
     "",
     "",
     ""

@@ -33,8 +33,11 @@ pub fn service_with_redis(
     redis: RedisConnection,
     rate_limit: u32,
 ) -> FlagService {
-    let cache: Arc<dyn FlagCache> =
-        Arc::new(RedisCache::new(redis.clone(), Duration::from_secs(300)));
+    let cache: Arc<dyn FlagCache> = Arc::new(RedisCache::new(
+        redis.clone(),
+        Duration::from_secs(300),
+        store.cache_scope(),
+    ));
     FlagService::new(
         store,
         cache,
@@ -66,6 +69,9 @@ pub struct PausingStore {
     armed: std::sync::Mutex<Option<PauseAt>>,
     pub loaded: Notify,
     pub resume: Notify,
+    /// How often each read reached the database.
+    pub list_flags_calls: std::sync::atomic::AtomicUsize,
+    pub list_environments_calls: std::sync::atomic::AtomicUsize,
 }
 
 impl PausingStore {
@@ -75,6 +81,8 @@ impl PausingStore {
             armed: std::sync::Mutex::new(None),
             loaded: Notify::new(),
             resume: Notify::new(),
+            list_flags_calls: std::sync::atomic::AtomicUsize::new(0),
+            list_environments_calls: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -109,13 +117,23 @@ impl FlagStore for PausingStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+    fn cache_scope(&self) -> &str {
+        self.inner.cache_scope()
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
     async fn migrate(&self) -> Result<(), StoreError> {
         self.inner.migrate().await
     }
+    async fn list_environments(&self) -> Result<Vec<String>, StoreError> {
+        self.list_environments_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.list_environments().await
+    }
     async fn list_flags(&self, env: &Environment) -> Result<Vec<Flag>, StoreError> {
+        self.list_flags_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let flags = self.inner.list_flags(env).await?;
         self.maybe_pause(PauseAt::ListFlags).await;
         Ok(flags)

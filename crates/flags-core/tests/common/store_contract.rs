@@ -50,7 +50,7 @@ pub async fn migrations_are_idempotent(store: &dyn FlagStore) {
 
 pub async fn create_get_and_list_sorted(store: &dyn FlagStore) {
     let prod = env("production");
-    for name in ["b-flag", "a-flag", "c-flag"] {
+    for name in ["b-flag", "a-flag", "c-flag", "B-flag", "Zed"] {
         create(store, &prod, &new_flag(name, true, 25)).await;
     }
     create(
@@ -66,7 +66,8 @@ pub async fn create_get_and_list_sorted(store: &dyn FlagStore) {
         .into_iter()
         .map(|f| f.flag_key)
         .collect();
-    assert_eq!(keys, ["a-flag", "b-flag", "c-flag"]);
+    // Byte order, the same on both databases whatever their collation.
+    assert_eq!(keys, ["B-flag", "Zed", "a-flag", "b-flag", "c-flag"]);
     let flag = store
         .get_flag(&prod, &key("a-flag"))
         .await
@@ -195,9 +196,14 @@ pub async fn override_upsert_is_unique_per_user(store: &dyn FlagStore) {
     assert_eq!(first.created_by.as_deref(), Some("admin-1"));
     let mut replacement = override_for("user-1", OverrideType::Exclude);
     replacement.reason = Some("beta opt-out".into());
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let second = upsert(store, &prod, "ovr", &replacement).await;
     assert_eq!(second.override_type, OverrideType::Exclude);
     assert_eq!(second.reason.as_deref(), Some("beta opt-out"));
+    assert_eq!(
+        second.created_at, first.created_at,
+        "replacing an override keeps when it was created"
+    );
     let page = store.list_overrides(flag.id, 10, 0).await.unwrap();
     assert_eq!(page.total, 1);
     assert_eq!(page.overrides, vec![second]);
