@@ -11,7 +11,8 @@ use flags_api::AppContext;
 use std::sync::Arc;
 
 /// Builds the handler context for a local run: migrations applied (the embedded SQLite
-/// database creates itself), demo flags seeded when empty, local token keys ready.
+/// database creates itself), demo flags seeded when empty, local token keys ready. Tokens are
+/// verified against the local key pair unless the settings name a Cognito pool or JWKS file.
 pub async fn local_context(
     settings: &settings::LocalSettings,
 ) -> Result<(Arc<AppContext>, keys::LocalKeys), String> {
@@ -20,7 +21,8 @@ pub async fn local_context(
         .map_err(|e| format!("cannot create {}: {e}", settings.data_dir.display()))?;
     let keys = keys::LocalKeys::load_or_create(&settings.keys_dir())
         .map_err(|e| format!("local keys: {e}"))?;
-    let context = AppContext::new(&settings.config, &keys.auth_config())
+    let auth = settings.auth.clone().unwrap_or_else(|| keys.auth_config());
+    let context = AppContext::new(&settings.config, &auth)
         .await
         .map_err(|e| e.to_string())?;
     context

@@ -1,6 +1,7 @@
 //! Local configuration: `.env.local` (if present) and the environment, with embedded defaults
 //! so that `make run` works with nothing installed but Rust.
 
+use flags_api::AuthConfig;
 use flags_core::Config;
 use flags_core::config::{ConfigError, redact_url};
 use std::path::PathBuf;
@@ -19,6 +20,9 @@ pub struct LocalSettings {
     pub data_dir: PathBuf,
     /// `SCHEDULE_POLL_SECONDS`: the background work's period.
     pub poll_interval: Duration,
+    /// Token verification when `COGNITO_USER_POOL_ID` (or `AUTH_JWKS_FILE`) is set; `None`
+    /// means the local key pair's JWKS.
+    pub auth: Option<AuthConfig>,
 }
 
 impl LocalSettings {
@@ -58,11 +62,16 @@ impl LocalSettings {
                     ConfigError::new("SCHEDULE_POLL_SECONDS", "must be an integer from 1 to 3600")
                 })?,
         };
+        let auth = match AuthConfig::from_env(&lookup)? {
+            AuthConfig::Disabled => None,
+            configured => Some(configured),
+        };
         Ok(Self {
             config,
             port,
             data_dir,
             poll_interval,
+            auth,
         })
     }
 
@@ -84,6 +93,20 @@ impl LocalSettings {
         };
         (database, cache)
     }
+
+    /// Where tokens are verified, for the start-up banner.
+    pub fn describe_auth(&self) -> String {
+        match &self.auth {
+            Some(AuthConfig::Cognito { user_pool_id, .. }) => {
+                format!("Cognito user pool {user_pool_id}")
+            }
+            Some(AuthConfig::JwksFile { path, .. }) => format!("JWKS file {}", path.display()),
+            Some(AuthConfig::Disabled) | None => format!(
+                "local key pair in {} (flagctl token mints tokens)",
+                self.keys_dir().display()
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +123,28 @@ mod tests {
         );
         assert!(settings.config.redis.is_none());
         assert_eq!(settings.poll_interval, Duration::from_secs(1));
+        assert_eq!(settings.auth, None);
+    }
+
+    #[test]
+    fn redis_can_be_disabled_and_cognito_chosen() {
+        let settings = LocalSettings::from_lookup(|name| match name {
+            "REDIS_URL" => Some("disabled".into()),
+            "COGNITO_USER_POOL_ID" => Some("eu-west-1_EXAMPLE".into()),
+            "COGNITO_CLIENT_ID" => Some("client".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(settings.config.redis.is_none());
+        assert_eq!(
+            settings.auth,
+            Some(AuthConfig::Cognito {
+                region: "eu-west-1".into(),
+                user_pool_id: "eu-west-1_EXAMPLE".into(),
+                client_id: Some("client".into()),
+            })
+        );
+        assert!(settings.describe_auth().contains("eu-west-1_EXAMPLE"));
     }
 
     #[test]

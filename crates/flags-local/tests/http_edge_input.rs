@@ -1,7 +1,8 @@
 //! Hostile and unusual input at the HTTP edge of the local server, on both databases: the
 //! `Authorization` header spelt without `Bearer ` or in another case, control characters in text
-//! fields and path ids, and malformed percent-encoding in the path (contract §2.3, §2.4). Each is a
-//! clear answer, never a 500, and a refused request changes nothing.
+//! fields and path ids, malformed percent-encoding in the path (contract §2.3, §2.4), and a
+//! signing key rotated while the server runs. Each is a clear answer, never a 500, and a refused
+//! request changes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
@@ -151,6 +152,55 @@ async fn control_characters_and_bad_escapes(server: Server) {
     server.shutdown().await;
 }
 
+/// Replacing an override keeps its `createdAt`; `GET /admin/flags` lists in byte order (`B`
+/// before `a`) on both databases.
+async fn replaced_overrides_and_listing_order(server: Server) {
+    let overrides = "/admin/flags/wishlist-gallery/users";
+    let first = json!({"userId": "same-user", "overrideType": "include"}).to_string();
+    let (status, created) = server.admin(Method::POST, overrides, Some(&first)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let second = json!({"userId": "same-user", "overrideType": "exclude", "reason": "opted out"});
+    let (status, replaced) = server
+        .admin(Method::POST, overrides, Some(&second.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{replaced}");
+    assert_eq!(replaced["overrideType"], "exclude");
+    assert_eq!(replaced["createdAt"], created["createdAt"], "{replaced}");
+
+    for key in ["Beta-flag", "alpha-flag"] {
+        let body = json!({"flagKey": key}).to_string();
+        let (status, _) = server
+            .admin(Method::POST, "/admin/flags", Some(&body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (_, listed) = server.admin(Method::GET, "/admin/flags", None).await;
+    let keys: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|flag| flag["key"].as_str().unwrap())
+        .collect();
+    let mut byte_order = keys.clone();
+    byte_order.sort_unstable();
+    assert_eq!(keys, byte_order);
+    assert!(
+        keys.iter().position(|k| *k == "Beta-flag") < keys.iter().position(|k| *k == "alpha-flag")
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn replaced_overrides_and_listing_order_on_postgres() {
+    replaced_overrides_and_listing_order(start(seeded_postgres_url().await).await).await;
+}
+
+#[tokio::test]
+async fn replaced_overrides_and_listing_order_on_sqlite() {
+    replaced_overrides_and_listing_order(start(seeded_sqlite_url().await).await).await;
+}
+
 #[tokio::test]
 async fn token_spellings_on_postgres() {
     token_spellings(start(seeded_postgres_url().await).await).await;
@@ -169,4 +219,28 @@ async fn control_characters_and_bad_escapes_on_postgres() {
 #[tokio::test]
 async fn control_characters_and_bad_escapes_on_sqlite() {
     control_characters_and_bad_escapes(start(seeded_sqlite_url().await).await).await;
+}
+
+/// Key rotation (contract §2.4): the JWKS file gains a key while the server runs. A token signed
+/// with it is accepted after one reread, tokens of the old key stay valid, and another unknown
+/// key within the minute is refused without a second reread.
+#[tokio::test]
+async fn a_rotated_signing_key_is_accepted_after_one_jwks_reread() {
+    let server = start(seeded_sqlite_url().await).await;
+    let admin = ["admin".to_owned()];
+    let before_rotation = server.admin.clone();
+    server.keys.rotate().unwrap();
+    let rotated = server.keys.mint("admin-2", &admin, 600).unwrap();
+    for token in [&rotated, &before_rotation] {
+        let (status, body) =
+            with_authorization(&server, "/admin/flags", &format!("Bearer {token}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    server.keys.rotate().unwrap();
+    let too_soon = server.keys.mint("admin-3", &admin, 600).unwrap();
+    let (status, body) =
+        with_authorization(&server, "/admin/flags", &format!("Bearer {too_soon}")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["message"], "Invalid or expired token");
+    server.shutdown().await;
 }

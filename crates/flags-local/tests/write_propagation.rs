@@ -16,15 +16,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
+use common::process::ServerProcess;
 use common::server::{Http, Server};
-use common::{free_port, pending_invalidations, seeded_postgres_url, unique};
+use common::{pending_invalidations, seeded_postgres_url, unique};
 use flags_local::keys::LocalKeys;
 use flags_local::settings::LocalSettings;
 use flags_testkit::{OwnedRedis, ProxyMode, TcpProxy};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -472,82 +472,6 @@ async fn read_breaker_open_at_the_write_every_read_after_the_2xx_is_fresh() {
     every_change(Fault::BreakerOpen).await;
 }
 
-/// A `flagctl serve` process, killed when dropped (also when the test panics, when its log is
-/// printed).
-struct ServerProcess {
-    name: &'static str,
-    child: std::process::Child,
-    http: Http,
-    log: PathBuf,
-}
-
-impl ServerProcess {
-    /// Starts `flagctl serve` with only these variables (no `.env.local`: it runs in `data_dir`).
-    fn spawn(name: &'static str, database_url: &str, redis_url: &str, data_dir: &Path) -> Self {
-        let port = free_port();
-        let log = data_dir.join(format!("{name}.log"));
-        let output = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_flagctl"))
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("PORT", port.to_string())
-            .env("DATABASE_URL", database_url)
-            .env("REDIS_URL", redis_url)
-            .env("FLAGS_DATA_DIR", data_dir)
-            .env("RUST_LOG", "info")
-            .current_dir(data_dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .unwrap();
-        Self {
-            name,
-            child,
-            http: Http::new(format!("http://127.0.0.1:{port}")),
-            log,
-        }
-    }
-
-    /// Waits until it answers `/health` with Redis up.
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("{} exited with {status}", self.name);
-            }
-            if let Ok(response) = reqwest::get(format!("{}/health", self.http.base)).await
-                && response.status() == StatusCode::OK
-                && response.json::<Value>().await.unwrap()["redis"] == "up"
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never became ready",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- last lines of {} ({}):", self.name, self.log.display());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
 /// Two `flagctl serve` processes over one database, sharing the signing keys of one data
 /// folder, with the Redis URLs given.
 struct Pair {
@@ -564,10 +488,16 @@ impl Pair {
         let data_dir = std::env::temp_dir().join(unique("flags-two-processes-"));
         // Both processes load these keys (`<FLAGS_DATA_DIR>/auth`): a token works on either.
         let keys = LocalKeys::load_or_create(&data_dir.join("auth")).unwrap();
-        let mut a = ServerProcess::spawn("a", &database_url, redis_url_a, &data_dir);
-        let mut b = ServerProcess::spawn("b", &database_url, redis_url_b, &data_dir);
-        a.wait_ready().await;
-        b.wait_ready().await;
+        let spawn = |name, redis_url| {
+            let vars = [
+                ("DATABASE_URL", database_url.as_str()),
+                ("REDIS_URL", redis_url),
+            ];
+            ServerProcess::spawn(name, &vars, &data_dir)
+        };
+        let (mut a, mut b) = (spawn("a", redis_url_a), spawn("b", redis_url_b));
+        a.wait_ready("up").await;
+        b.wait_ready("up").await;
         Self {
             a,
             b,

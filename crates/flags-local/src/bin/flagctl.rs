@@ -148,6 +148,7 @@ async fn serve(settings: LocalSettings) -> Result<(), String> {
     println!("  Feature flags running at http://{address}  (also under /api)");
     println!("  database: {database}");
     println!("  cache:    {cache}");
+    println!("  tokens:   {}", settings.describe_auth());
     println!();
     println!("  curl http://{address}/config/flags");
     println!(

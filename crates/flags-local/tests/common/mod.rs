@@ -2,6 +2,7 @@
 //! keys, and paths to the tools `make test` installs. Missing servers or tools fail loudly.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod process;
 pub mod server;
 
 use flags_core::Config;
