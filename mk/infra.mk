@@ -3,7 +3,7 @@
 #
 #   make tools-infra                 pinned aws-sam-cli, cfn-lint, checkov, cargo-lambda, zig, pytest
 #   make validate                    sam validate --lint, cfn-lint, checkov, template tests
-#   make build ENV=dev               sam build: 16 arm64 binaries (15 routes + the scheduled applier) via cargo-lambda + zig
+#   make build ENV=dev               sam build: 17 arm64 binaries (15 routes + not-found on $default + the scheduled applier) via cargo-lambda + zig
 #   make deploy ENV=dev|staging|prod sam deploy --config-env ENV
 #   make logs ENV=dev [FUNCTION=GetFlagsFunction]
 #   make start-api                   sam local start-api (Docker + `docker compose up -d --wait`)

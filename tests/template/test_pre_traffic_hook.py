@@ -6,6 +6,7 @@ is tested is exactly what CloudFormation deploys.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import sys
@@ -27,6 +28,11 @@ def api_response(status: int, body) -> dict:
 
 
 HEALTHY = api_response(200, {"status": "ok", "cache": "redis", "redis": "up", "database": "up"})
+# What an admin handler answers a request without a token (it verifies tokens itself: there is
+# no API Gateway authorizer), and what the $default function answers to anything.
+MISSING_TOKEN = api_response(401, {"error": "Unauthorized", "message": "Missing Authorization header"})
+NOT_FOUND = api_response(404, {"error": "Not found"})
+UNKNOWN_PATH = "/canary-probe/no-such-route"
 
 
 class FakeLambda:
@@ -150,7 +156,7 @@ def test_redis_disabled_is_accepted_and_a_slow_first_start_is_retried(load_hook)
 
 def test_other_function_checks_the_backends_then_smoke_tests_its_new_version(load_hook):
     target = f"{PREFIX}admin-delete-override:3"
-    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: api_response(401, {"error": "Unauthorized"})})
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: MISSING_TOKEN})
     cd = FakeCodeDeploy(f"{PREFIX}admin-delete-override", "3", inline=False)
     assert run(load_hook(lam, cd), cd) == "Succeeded"
     assert [c[0] for c in lam.calls] == [HEALTH_VERSION_ARN, target]
@@ -203,15 +209,26 @@ def test_hook_knows_a_smoke_route_for_every_binary(load_hook, resources):
             # no DeploymentPreference, so CodeDeploy does not deploy it.
             assert "DeploymentPreference" not in r["Properties"], binary
             assert binary not in module.ROUTES, binary
-    assert len(binaries) == 15
+    assert len(binaries) == 16  # the 15 routes of the contract and the $default route
     assert set(module.ROUTES) == set(binaries)
     for binary, (method, route, _params) in module.ROUTES.items():
-        assert (method, route) == (binaries[binary]["Method"], binaries[binary]["Path"])
+        template_route = (binaries[binary]["Method"], binaries[binary]["Path"])
+        if route == "$default":
+            # Any method reaches $default; the probe sends a GET.
+            assert (binary, template_route) == ("not-found", ("ANY", "$default"))
+            assert module.expected_answer(route) == (404, {"error": "Not found"})
+        else:
+            assert (method, route) == template_route
+            expected = module.expected_answer(route)
+            if route.startswith("/admin/"):
+                assert expected == (401, {"error": "Unauthorized", "message": "Missing Authorization header"})
+            else:
+                assert expected is None, binary  # public routes: no function error, no 5xx
 
 
 def test_admin_audit_smoke_test_is_a_harmless_unauthenticated_get(load_hook):
     target = f"{PREFIX}admin-audit:2"
-    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: api_response(401, {"error": "Unauthorized"})})
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: MISSING_TOKEN})
     cd = FakeCodeDeploy(f"{PREFIX}admin-audit", "2")
     assert run(load_hook(lam, cd), cd) == "Succeeded"
     assert [c[0] for c in lam.calls] == [HEALTH_VERSION_ARN, target]
@@ -246,7 +263,7 @@ def test_admin_audit_smoke_test_is_a_harmless_unauthenticated_get(load_hook):
 )
 def test_schedule_routes_smoke_test_is_an_unauthenticated_request(load_hook, binary, route_key, raw_path, params):
     target = f"{PREFIX}{binary}:5"
-    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: api_response(401, {"error": "Unauthorized"})})
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: MISSING_TOKEN})
     cd = FakeCodeDeploy(f"{PREFIX}{binary}", "5")
     assert run(load_hook(lam, cd), cd) == "Succeeded"
     assert [c[0] for c in lam.calls] == [HEALTH_VERSION_ARN, target]
@@ -265,3 +282,77 @@ def test_applier_deployment_is_unknown_to_the_hook(load_hook):
     cd = FakeCodeDeploy(f"{PREFIX}apply-schedules", "2")
     assert run(load_hook(lam, cd), cd) == "Failed"
     assert all(target != f"{PREFIX}apply-schedules:2" for target, _ in lam.calls)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        api_response(401, {"message": "Unauthorized"}),  # API Gateway's body, not the handler's
+        api_response(401, {"error": "Unauthorized"}),
+        api_response(401, {"error": "Unauthorized", "message": "Invalid or expired token"}),
+        api_response(403, {"error": "Forbidden"}),
+        api_response(200, {"flags": []}),  # the unauthenticated probe got through
+        api_response(404, {"error": "Flag not found"}),
+        {"statusCode": 401, "body": ""},
+    ],
+    ids=["gateway-body", "no-message", "other-message", "403", "200", "404", "empty-body"],
+)
+def test_admin_function_must_refuse_the_probe_with_the_missing_token_401(load_hook, answer):
+    target = f"{PREFIX}admin-list-flags:9"
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: answer})
+    cd = FakeCodeDeploy(f"{PREFIX}admin-list-flags", "9")
+    assert run(load_hook(lam, cd), cd) == "Failed"
+    assert [c[0] for c in lam.calls] == [HEALTH_VERSION_ARN, target]
+
+
+def test_admin_missing_token_answer_may_be_base64_encoded(load_hook):
+    target = f"{PREFIX}admin-create-flag:4"
+    body = json.dumps({"error": "Unauthorized", "message": "Missing Authorization header"})
+    answer = {"statusCode": 401, "body": base64.b64encode(body.encode()).decode(), "isBase64Encoded": True}
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: answer})
+    cd = FakeCodeDeploy(f"{PREFIX}admin-create-flag", "4")
+    assert run(load_hook(lam, cd), cd) == "Succeeded"
+
+
+def test_public_function_smoke_test_only_needs_no_5xx(load_hook):
+    # GET /config/flags/canary-probe: the flag does not exist; any non-5xx answer is fine.
+    target = f"{PREFIX}get-flag:3"
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: api_response(404, {"error": "Flag not found"})})
+    cd = FakeCodeDeploy(f"{PREFIX}get-flag", "3")
+    assert run(load_hook(lam, cd), cd) == "Succeeded"
+
+
+def test_not_found_function_answers_the_contract_404_to_an_unknown_path(load_hook):
+    target = f"{PREFIX}not-found:2"
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: NOT_FOUND})
+    cd = FakeCodeDeploy(f"{PREFIX}not-found", "2")
+    assert run(load_hook(lam, cd), cd) == "Succeeded"
+    # Like every other function: the shared backends first, then the new version.
+    assert [c[0] for c in lam.calls] == [HEALTH_VERSION_ARN, target]
+    event = lam.calls[1][1]
+    # What API Gateway sends for a request that matches no route.
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == event["requestContext"]["routeKey"] == "$default"
+    assert event["rawPath"] == event["requestContext"]["http"]["path"] == UNKNOWN_PATH
+    assert event["requestContext"]["http"]["method"] == "GET"
+    assert "pathParameters" not in event
+    assert "authorization" not in {k.lower() for k in event["headers"]}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        api_response(404, {"message": "Not Found"}),  # API Gateway's own body
+        api_response(404, {"error": "Flag not found"}),
+        api_response(200, {"error": "Not found"}),
+        api_response(500, {"error": "Internal server error"}),
+        {"statusCode": 404, "body": "Not found"},
+        ("error", {"errorMessage": "panic"}),
+    ],
+    ids=["gateway-body", "other-404", "200", "500", "body-not-json", "function-error"],
+)
+def test_not_found_function_with_another_answer_fails_the_deployment(load_hook, answer):
+    target = f"{PREFIX}not-found:2"
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: answer})
+    cd = FakeCodeDeploy(f"{PREFIX}not-found", "2")
+    assert run(load_hook(lam, cd), cd) == "Failed"

@@ -37,6 +37,14 @@ ROUTES = {
 # The one Rust function that no route serves: EventBridge runs it every minute. It applies the
 # due flag schedules (contract 2.6), then sweeps the pending cache invalidations (contract 3.1).
 APPLIER = "ApplySchedulesFunction"
+# The HTTP API's $default route (any request that matches no route above): not a route of the
+# contract (nor of the Rust route table), a function that answers 404 {"error":"Not found"} and
+# does no I/O. Where it departs from the route functions' pattern, the test says why.
+NOT_FOUND = "NotFoundFunction"
+NOT_FOUND_BINARY = "not-found"
+# SAM's spelling of the $default route on an HttpApi event, and what it becomes in the API's body.
+DEFAULT_ROUTE_EVENT = ("ANY", "$default")
+DEFAULT_ROUTE_OPERATION = ("X-AMAZON-APIGATEWAY-ANY-METHOD", "/$default")
 COST_TAGS = {"Service": "ElastiCache", "Feature": "FeatureFlags", "Environment": {"Ref": "Environment"}}
 OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
 HOOK = "PreTrafficHookFunction"
@@ -56,6 +64,17 @@ def route_functions(resources: dict) -> dict:
         for name, r in of_type(resources, "AWS::Serverless::Function").items()
         if any(e["Type"] == "HttpApi" for e in r["Properties"].get("Events", {}).values())
     }
+
+
+def contract_route_functions(resources: dict) -> dict:
+    """The route functions of the contract's routes: all of them but the $default function."""
+    return {name: r for name, r in route_functions(resources).items() if name != NOT_FOUND}
+
+
+def event_of(function: dict) -> dict:
+    """The properties of a route function's only event."""
+    (event,) = function["Properties"]["Events"].values()
+    return event["Properties"]
 
 
 def rust_functions(resources: dict) -> dict:
@@ -195,9 +214,12 @@ def test_interface_endpoints_replace_a_nat_gateway(resources):
 
 
 def test_every_rust_function_runs_in_the_vpc(resources):
-    assert len(route_functions(resources)) == 15
+    assert len(contract_route_functions(resources)) == 15
+    assert set(route_functions(resources)) == set(contract_route_functions(resources)) | {NOT_FOUND}
     functions = rust_functions(resources)
     assert set(functions) == set(route_functions(resources)) | {APPLIER}
+    # The not-found function needs no network at all, and is in the VPC anyway: no internet
+    # egress, and the same subnets and group as the others, so no extra ENI.
     for name, function in functions.items():
         vpc = function["Properties"].get("VpcConfig")
         assert vpc, f"{name} has no VpcConfig"
@@ -251,7 +273,7 @@ def test_redis_alarms_cover_cpu_memory_evictions_and_connections(resources):
 
 def test_one_function_and_route_per_contract_route(resources):
     seen = {}
-    for name, function in route_functions(resources).items():
+    for name, function in contract_route_functions(resources).items():
         events = function["Properties"]["Events"]
         assert len(events) == 1, name
         event = next(iter(events.values()))
@@ -304,6 +326,11 @@ def test_function_environment(template):
 
 def test_functions_may_read_only_their_two_parameters(resources):
     for name, function in rust_functions(resources).items():
+        if name == NOT_FOUND:
+            # Exception: it reads no parameter (no database, no Redis), so it gets no policy
+            # beyond SAM's logging/VPC/X-Ray ones (test_not_found_function_has_no_permission).
+            assert "Policies" not in function["Properties"], name
+            continue
         assert function["Properties"]["Policies"] == [{"Ref": "FunctionRuntimePolicy"}], name
     statements = resources["FunctionRuntimePolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert len(statements) == 2
@@ -321,19 +348,80 @@ def test_functions_may_read_only_their_two_parameters(resources):
     assert condition["kms:EncryptionContext:PARAMETER_ARN"] == parameters
 
 
-def test_admin_routes_need_the_jwt_authorizer_and_public_routes_none(template, resources):
-    auth = resources["HttpApi"]["Properties"]["Auth"]
-    jwt = auth["Authorizers"]["CognitoJwt"]["JwtConfiguration"]
-    assert jwt["issuer"] == {"Fn::Sub": "https://cognito-idp.${AWS::Region}.amazonaws.com/${CognitoUserPoolId}"}
-    assert jwt["audience"] == [{"Ref": "CognitoClientId"}]
-    for function in route_functions(resources).values():
-        props = next(iter(function["Properties"]["Events"].values()))["Properties"]
-        admin = ROUTES[(props["Method"], props["Path"])][1]
-        assert props["Path"].startswith("/admin/") == admin
-        assert props["Auth"]["Authorizer"] == ("CognitoJwt" if admin else "NONE"), props
+def test_no_jwt_authorizer_the_handlers_verify_admin_tokens(template, resources):
+    # Contract 2.3/2.4: the admin handlers verify the Cognito access token themselves (JWKS,
+    # token_use "access", client_id) and answer 401/403 with the contract's bodies. An API
+    # Gateway JWT authorizer would answer {"message":"Unauthorized"} itself and accept ID tokens.
+    api = resources["HttpApi"]["Properties"]
+    assert "Auth" not in api, "no authorizer (and so no DefaultAuthorizer) on the HTTP API"
+    for name, function in route_functions(resources).items():
+        assert "Auth" not in event_of(function), f"{name}: a route event names an authorizer"
+    assert "Authorizer" not in json.dumps(resources["HttpApi"])
+    assert not of_type(resources, "AWS::ApiGatewayV2::Authorizer")
+    # What the handlers verify tokens with (test_function_environment checks the variables).
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["COGNITO_USER_POOL_ID"] == {"Ref": "CognitoUserPoolId"}
+    assert variables["COGNITO_CLIENT_ID"] == {"Ref": "CognitoClientId"}
+    for parameter in ("CognitoUserPoolId", "CognitoClientId"):
+        description = template["Parameters"][parameter]["Description"]
+        assert "authorizer" not in description.lower(), parameter
+    # The handlers fetch the JWKS through the cognito-idp endpoint (no NAT gateway).
+    assert "CognitoIdpEndpoint" in resources
 
 
-def test_translated_api_has_the_15_routes_with_the_right_authorization(transformed):
+def test_stage_throttling_is_the_flood_protection(template, resources, transformed):
+    settings = resources["HttpApi"]["Properties"]["DefaultRouteSettings"]
+    assert settings == {
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+    }
+    assert param_default(template, settings["ThrottlingBurstLimit"]) == 200
+    assert param_default(template, settings["ThrottlingRateLimit"]) == 100
+    # No route overrides them ($default included).
+    for name, function in route_functions(resources).items():
+        assert "RouteSettings" not in event_of(function), name
+    (stage,) = of_type(transformed["Resources"], "AWS::ApiGatewayV2::Stage").values()
+    assert stage["Properties"]["DefaultRouteSettings"] == settings
+    assert "RouteSettings" not in stage["Properties"]
+
+
+def test_access_log_line_is_json_without_authorizer_fields(resources):
+    log_format = resources["HttpApi"]["Properties"]["AccessLogSettings"]["Format"]
+    fields = json.loads(log_format)
+    assert fields["routeKey"] == "$context.routeKey"  # "$default" for the not-found requests
+    assert fields["status"] == "$context.status"
+    assert not [k for k, v in fields.items() if "authorizer" in (k + v).lower()], fields
+
+
+def test_default_route_goes_to_the_not_found_function(resources):
+    defaults = {
+        name: f for name, f in route_functions(resources).items() if event_of(f)["Path"] == "$default"
+    }
+    assert list(defaults) == [NOT_FOUND]
+    function = resources[NOT_FOUND]
+    assert function["Metadata"]["BuildMethod"] == "rust-cargolambda"
+    assert function["Metadata"]["BuildProperties"] == {"Binary": NOT_FOUND_BINARY}
+    props = function["Properties"]
+    assert props["FunctionName"] == {"Fn::Sub": f"feature-flags-${{Environment}}-{NOT_FOUND_BINARY}"}
+    event = event_of(function)
+    assert event["ApiId"] == {"Ref": "HttpApi"}
+    assert (event["Method"], event["Path"]) == DEFAULT_ROUTE_EVENT
+    assert event["PayloadFormatVersion"] == "2.0"
+    assert DEFAULT_ROUTE_EVENT not in ROUTES, "the $default route is not a route of the contract"
+
+
+def test_not_found_function_has_no_permission(resources, transformed):
+    # It answers from the event alone: no SSM parameter, no database, no Redis, no JWKS.
+    role = transformed["Resources"][f"{NOT_FOUND}Role"]["Properties"]
+    assert "Policies" not in role
+    assert sorted(role["ManagedPolicyArns"]) == [
+        "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
+    ]
+
+
+def test_translated_api_has_the_15_routes_and_the_default_route_without_authorization(transformed):
     apis = of_type(transformed["Resources"], "AWS::ApiGatewayV2::Api")
     assert len(apis) == 1
     body = next(iter(apis.values()))["Properties"]["Body"]
@@ -341,15 +429,18 @@ def test_translated_api_has_the_15_routes_with_the_right_authorization(transform
     for path, methods in body["paths"].items():
         for method, operation in methods.items():
             operations[(method.upper(), path)] = operation
-    assert set(operations) == set(ROUTES)
+    assert set(operations) == set(ROUTES) | {DEFAULT_ROUTE_OPERATION}
     for key, operation in operations.items():
-        expected = "CognitoJwt" if ROUTES[key][1] else "NONE"
-        assert operation["security"] == [{expected: []}], key
-        assert operation["x-amazon-apigateway-integration"]["payloadFormatVersion"] == "2.0"
+        assert "security" not in operation, key
+        assert operation.get("isDefaultRoute", False) is (key == DEFAULT_ROUTE_OPERATION), key
+        integration = operation["x-amazon-apigateway-integration"]
+        assert integration["payloadFormatVersion"] == "2.0"
         # API Gateway invokes the `live` alias, whose traffic CodeDeploy shifts.
-        assert "Aliaslive" in operation["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
-    authorizer = body["components"]["securitySchemes"]["CognitoJwt"]
-    assert authorizer["x-amazon-apigateway-authorizer"]["type"] == "jwt"
+        assert "Aliaslive" in integration["uri"]["Fn::Sub"]
+    default_uri = operations[DEFAULT_ROUTE_OPERATION]["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
+    assert f"${{{NOT_FOUND}Aliaslive}}" in default_uri
+    assert "securitySchemes" not in body.get("components", {})
+    assert not of_type(transformed["Resources"], "AWS::ApiGatewayV2::Authorizer")
 
 
 # --- logs and metrics --------------------------------------------------------------------------
@@ -357,7 +448,11 @@ def test_translated_api_has_the_15_routes_with_the_right_authorization(transform
 
 def test_each_function_logs_to_its_own_group_with_the_cache_metric_filters(resources):
     filters = of_type(resources, "AWS::Logs::MetricFilter").values()
-    for name, function in route_functions(resources).items():
+    # Exception: the not-found function reads no cache, so its group has no cache filters
+    # (its own group and retention are checked by the last test of this file).
+    group = resources[NOT_FOUND]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+    assert not [f for f in filters if f["Properties"]["LogGroupName"] == {"Ref": group}]
+    for name, function in contract_route_functions(resources).items():
         group = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
         assert "RetentionInDays" in resources[group]["Properties"]
         found = {}
@@ -405,7 +500,12 @@ def test_every_route_function_deploys_through_the_canary_with_alarms_and_the_hoo
         assert all(n in alarms for n in names), names
         short = name.removesuffix("Function")
         # function errors and p95 of the new version, the service 5xx rate, the cache-unavailable rate
-        assert names == [f"{short}ErrorsAlarm", f"{short}P95DurationAlarm", "Api5xxRateAlarm", "CacheUnavailableRateAlarm"]
+        expected = [f"{short}ErrorsAlarm", f"{short}P95DurationAlarm", "Api5xxRateAlarm", "CacheUnavailableRateAlarm"]
+        if name == NOT_FOUND:
+            # Exception: it never touches Redis, so a Redis outage during its canary says
+            # nothing about the new version and must not roll it back.
+            expected.remove("CacheUnavailableRateAlarm")
+        assert names == expected, name
         for alarm_name in names[:2]:
             alarm = alarms[alarm_name]["Properties"]
             dimensions = alarm.get("Dimensions") or alarm["Metrics"][0]["MetricStat"]["Metric"]["Dimensions"]
@@ -428,15 +528,17 @@ def test_rollback_alarm_thresholds(template, resources):
 def test_translated_deployment_groups_use_the_canary_alarms_and_hook(transformed):
     res = transformed["Resources"]
     groups = of_type(res, "AWS::CodeDeploy::DeploymentGroup")
-    assert len(groups) == 15  # the route functions; the scheduled applier has no canary
-    for group in groups.values():
+    # the 15 route functions and the $default one; the scheduled applier has no canary
+    assert len(groups) == 16
+    for name, group in groups.items():
         props = group["Properties"]
         assert props["DeploymentConfigName"] == {"Ref": "CanaryDeploymentConfig"}
         assert props["AlarmConfiguration"]["Enabled"] is True
-        assert len(props["AlarmConfiguration"]["Alarms"]) == 4
+        # 3 for the not-found function: no cache-unavailable alarm (see above)
+        assert len(props["AlarmConfiguration"]["Alarms"]) == (3 if name.startswith(NOT_FOUND) else 4), name
         assert "DEPLOYMENT_STOP_ON_ALARM" in props["AutoRollbackConfiguration"]["Events"]
     aliases = of_type(res, "AWS::Lambda::Alias")
-    assert len(aliases) == 15
+    assert len(aliases) == 16
     for alias in aliases.values():
         update = alias["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
         assert update["BeforeAllowTrafficHook"] == {"Ref": HOOK}
@@ -488,7 +590,8 @@ def test_the_sweeper_is_replaced_by_the_applier(resources):
     assert not [name for name in resources if "Sweep" in name]
     binaries = [r["Metadata"]["BuildProperties"]["Binary"] for r in rust_functions(resources).values()]
     assert "sweep-invalidations" not in binaries
-    assert len(binaries) == len(set(binaries)) == 16  # 15 routes + the applier
+    assert NOT_FOUND_BINARY in binaries
+    assert len(binaries) == len(set(binaries)) == 17  # 15 routes + not-found ($default) + the applier
 
 
 def test_applier_runs_in_the_vpc_with_the_functions_security_group(resources):
@@ -608,6 +711,16 @@ def test_every_rust_function_has_a_sample_event_for_its_trigger(resources):
     for name, function in rust_functions(resources).items():
         binary = function["Metadata"]["BuildProperties"]["Binary"]
         path = events_dir / f"{binary}.json"
+        if name == NOT_FOUND:
+            # Exception: optional. The function answers every event alike (its answer is checked
+            # by the pre-traffic hook); when a sample exists, it is a $default-route event.
+            if path.is_file():
+                event = json.loads(path.read_text())
+                assert event["version"] == "2.0", path.name
+                assert event["routeKey"] == event["requestContext"]["routeKey"] == "$default", path.name
+                assert event["rawPath"] == event["requestContext"]["http"]["path"], path.name
+                assert "pathParameters" not in event, path.name
+            continue
         assert path.is_file(), f"{name}: no {path.relative_to(ROOT)}"
         event = json.loads(path.read_text())
         if name == APPLIER:
@@ -640,7 +753,24 @@ def test_schedule_sample_events(resources):
     for name in ("admin-create-schedule", "admin-list-schedules", "admin-cancel-schedule"):
         event = json.loads((ROOT / "events" / f"{name}.json").read_text())
         assert event["queryStringParameters"] == {"environment": "production"}, name
-        assert "admin" in event["requestContext"]["authorizer"]["jwt"]["claims"]["cognito:groups"], name
+
+
+def test_admin_sample_events_carry_a_token_for_the_handler_and_no_authorizer_claims():
+    # No API Gateway authorizer runs any more: the handler verifies the bearer token itself, so
+    # an event with claims would describe a request API Gateway can no longer produce.
+    admin_events = sorted((ROOT / "events").glob("admin-*.json"))
+    assert len(admin_events) == 12
+    for path in admin_events:
+        event = json.loads(path.read_text())
+        assert "authorizer" not in event["requestContext"], path.name
+        assert event["headers"]["authorization"].startswith("Bearer "), path.name
+
+
+def test_the_not_found_sample_event_is_a_default_route_event():
+    event = json.loads((ROOT / "events" / "not-found.json").read_text())
+    assert event["routeKey"] == event["requestContext"]["routeKey"] == "$default"
+    assert event["rawPath"] == event["requestContext"]["http"]["path"]
+    assert "pathParameters" not in event
 
 
 # --- cost: AC 12 ------------------------------------------------------------------------------
@@ -741,7 +871,7 @@ def test_every_checkov_suppression_has_a_reason(request, path_fixture):
 
 def test_translated_functions_keep_json_logs_in_their_own_group(transformed):
     functions = of_type(transformed["Resources"], "AWS::Lambda::Function")
-    assert len(functions) == 17  # 15 routes + the scheduled applier + the pre-traffic hook
+    assert len(functions) == 18  # 15 routes + not-found ($default) + the scheduled applier + the pre-traffic hook
     for name, function in functions.items():
         props = function["Properties"]
         # SAM merges the global LogFormat with each function's LogGroup.
