@@ -43,14 +43,10 @@ async fn made_up_environments_and_users_keep_the_process_small() {
         .map(|i| keys.mint(&format!("user-{i}"), &[], 600).unwrap())
         .collect();
     // Warm up every path first, so the baseline holds the allocator's working set.
-    for i in 0..100 {
-        get(
-            &client,
-            format!("{base}/config/flags?environment=warm-{i}"),
-            None,
-        )
-        .await;
-        get(&client, format!("{base}/config/flags"), Some(&tokens[i])).await;
+    for (i, token) in tokens.iter().take(100).enumerate() {
+        let warm = format!("{base}/config/flags?environment=warm-{i}");
+        get(&client, warm, None).await;
+        get(&client, format!("{base}/config/flags"), Some(token)).await;
     }
     let before = server.resident_kib();
 
