@@ -20,6 +20,24 @@ pub struct ApiRequest {
 }
 
 impl ApiRequest {
+    /// What either edge received: `parts` gives the method, path and headers; the edge gives
+    /// what it decoded itself (path parameters, query) and the body.
+    pub fn from_parts(
+        parts: http::request::Parts,
+        path_params: HashMap<String, String>,
+        query: HashMap<String, String>,
+        body: Bytes,
+    ) -> Self {
+        Self {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            path_params,
+            query,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     pub fn path_param(&self, name: &str) -> Option<&str> {
         self.path_params.get(name).map(String::as_str)
     }
@@ -81,11 +99,15 @@ impl ApiResponse {
         }
     }
 
-    pub fn body_bytes(&self) -> Vec<u8> {
-        self.body
-            .as_ref()
-            .map(|b| b.to_string().into_bytes())
-            .unwrap_or_default()
+    /// The response either edge sends; `B` is its body type (empty for 204).
+    pub fn into_http<B: From<String> + Default>(self) -> http::Response<B> {
+        let body = self
+            .body
+            .map_or_else(B::default, |value| B::from(value.to_string()));
+        let mut response = http::Response::new(body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response
     }
 }
 
@@ -158,6 +180,12 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A 500 for what cannot happen: `what` goes to the log, the client sees no detail.
+    pub fn internal(what: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %what, "internal error");
+        Self::Internal
+    }
+
     pub fn into_response(self) -> ApiResponse {
         let (status, body) = match self {
             Self::Validation(errors) => (

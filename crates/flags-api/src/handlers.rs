@@ -1,34 +1,32 @@
-//! One function per route. Each validates in the contract's order (401 → 403 → 400 → 404 →
-//! 429 → change), calls the flag service and shapes the JSON; errors become responses in
-//! [`ApiError::into_response`].
+//! One function per route. [`handle`] answers in the contract's order: 413 for an oversized
+//! body, then on admin routes 401 → 403 (the token, checked once here), then each route's own
+//! 400 → 404 → 429 → change. Errors become responses in [`ApiError::into_response`]; success
+//! bodies are the types of `bodies.rs`.
 
 use crate::api::{ApiError, ApiRequest, ApiResponse, MAX_BODY_BYTES, ValidationErrors};
-use crate::auth::{optional_caller, require_admin};
+use crate::auth::{Caller, optional_caller, require_admin};
+use crate::bodies::{
+    AuditPageBody, CacheInvalidated, FlagDetail, FlagListItem, Health, OverridesPage, Pagination,
+};
 use crate::context::AppContext;
 use crate::routes::Route;
 use crate::validation::{
-    Fields, environment, flag_key_param, json_object, optional_query, page_request, user_id_param,
-    utc_timestamp,
+    Fields, environment, flag_target, json_object, optional_query, page_request, user_id_param,
+    utc_timestamp, validated,
 };
 use flags_core::domain::{
-    AuditFilter, DEFAULT_MAX_RETRIES, Environment, Flag, FlagKey, FlagPatch, MAX_DESCRIPTION_CHARS,
+    AuditFilter, DEFAULT_MAX_RETRIES, Environment, FlagKey, FlagPatch, MAX_DESCRIPTION_CHARS,
     NewFlag, NewOverride, NewSchedule, OverrideType, Rollout, ScheduleUpdates, Timestamp, UserId,
-    UserOverride,
 };
-use flags_core::service::RedisStatus;
 use http::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Handles one request for one route; never fails (errors are responses). An oversized body is
-/// a 413 before anything else, on every route, as the local server's body limit answers it.
+/// Handles one request for one route; never fails (errors are responses).
 pub async fn handle(ctx: &AppContext, route: Route, request: ApiRequest) -> ApiResponse {
-    let result = if request.body.len() > MAX_BODY_BYTES {
-        Err(ApiError::PayloadTooLarge)
-    } else {
-        dispatch(ctx, route, &request).await
-    };
-    let response = result.unwrap_or_else(ApiError::into_response);
+    let response = answer(ctx, route, &request)
+        .await
+        .unwrap_or_else(ApiError::into_response);
     tracing::info!(
         route = route.function_name(),
         status = response.status.as_u16(),
@@ -37,54 +35,49 @@ pub async fn handle(ctx: &AppContext, route: Route, request: ApiRequest) -> ApiR
     response
 }
 
-async fn dispatch(
+async fn answer(
     ctx: &AppContext,
     route: Route,
     request: &ApiRequest,
 ) -> Result<ApiResponse, ApiError> {
-    match route {
-        Route::GetFlags => get_flags(ctx, request).await,
-        Route::GetFlag => get_flag(ctx, request).await,
-        Route::Health => Ok(health(ctx).await),
-        Route::AdminListFlags => admin_list_flags(ctx, request).await,
-        Route::AdminCreateFlag => admin_create_flag(ctx, request).await,
-        Route::AdminUpdateFlag => admin_update_flag(ctx, request).await,
-        Route::AdminDeleteFlag => admin_delete_flag(ctx, request).await,
-        Route::AdminUpsertOverride => admin_upsert_override(ctx, request).await,
-        Route::AdminDeleteOverride => admin_delete_override(ctx, request).await,
-        Route::AdminListOverrides => admin_list_overrides(ctx, request).await,
-        Route::AdminInvalidateCache => admin_invalidate_cache(ctx, request).await,
-        Route::AdminAudit => admin_audit(ctx, request).await,
-        Route::AdminCreateSchedule => admin_create_schedule(ctx, request).await,
-        Route::AdminListSchedules => admin_list_schedules(ctx, request).await,
-        Route::AdminCancelSchedule => admin_cancel_schedule(ctx, request).await,
+    // Before anything else, on every route, as the local server's body limit answers it.
+    if request.body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
     }
-}
-
-fn flag_detail(flag: &Flag) -> Value {
-    json!({
-        "key": flag.flag_key,
-        "enabled": flag.enabled,
-        "rolloutPercentage": flag.rollout_percentage,
-        "description": flag.description,
-    })
-}
-
-fn override_json(item: &UserOverride) -> Value {
-    json!({
-        "userId": item.user_id,
-        "overrideType": item.override_type.as_str(),
-        "reason": item.reason,
-        "createdBy": item.created_by,
-        "createdAt": item.created_at,
-    })
+    if !route.is_admin() {
+        return match route {
+            Route::GetFlags => get_flags(ctx, request).await,
+            Route::GetFlag => get_flag(ctx, request).await,
+            Route::Health => Ok(health(ctx).await),
+            admin_route => Err(ApiError::internal(format!(
+                "{admin_route:?} reached the public dispatch"
+            ))),
+        };
+    }
+    let admin = &require_admin(ctx.verifier.as_ref(), request).await?;
+    match route {
+        Route::AdminListFlags => admin_list_flags(ctx, request).await,
+        Route::AdminCreateFlag => admin_create_flag(ctx, request, admin).await,
+        Route::AdminUpdateFlag => admin_update_flag(ctx, request, admin).await,
+        Route::AdminDeleteFlag => admin_delete_flag(ctx, request, admin).await,
+        Route::AdminUpsertOverride => admin_upsert_override(ctx, request, admin).await,
+        Route::AdminDeleteOverride => admin_delete_override(ctx, request, admin).await,
+        Route::AdminListOverrides => admin_list_overrides(ctx, request).await,
+        Route::AdminInvalidateCache => admin_invalidate_cache(ctx, admin).await,
+        Route::AdminAudit => admin_audit(ctx, request).await,
+        Route::AdminCreateSchedule => admin_create_schedule(ctx, request, admin).await,
+        Route::AdminListSchedules => admin_list_schedules(ctx, request).await,
+        Route::AdminCancelSchedule => admin_cancel_schedule(ctx, request, admin).await,
+        public_route => Err(ApiError::internal(format!(
+            "{public_route:?} reached the admin dispatch"
+        ))),
+    }
 }
 
 async fn get_flags(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
     let mut errors = ValidationErrors::default();
     let env = environment(request, &mut errors);
-    errors.into_result()?;
-    let env = env.ok_or(ApiError::Internal)?;
+    let env = validated(errors, env)?;
     let caller = optional_caller(ctx.verifier.as_ref(), request).await;
     let flags = ctx
         .service
@@ -95,14 +88,10 @@ async fn get_flags(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse
 
 async fn get_flag(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
     let mut errors = ValidationErrors::default();
-    let (env, key) = (
-        environment(request, &mut errors),
-        flag_key_param(request, &mut errors),
-    );
-    errors.into_result()?;
-    let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
+    let target = flag_target(request, &mut errors);
+    let (env, key) = validated(errors, target)?;
     let flag = ctx.service.get_flag(&env, &key).await?;
-    Ok(ApiResponse::ok(flag_detail(&flag)))
+    Ok(ApiResponse::ok(json!(FlagDetail::from(&flag))))
 }
 
 async fn health(ctx: &AppContext) -> ApiResponse {
@@ -112,45 +101,23 @@ async fn health(ctx: &AppContext) -> ApiResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if report.is_ok() { "ok" } else { "degraded" },
-        "cache": report.cache.map_or("none", |kind| kind.as_str()),
-        "redis": match report.redis {
-            RedisStatus::Up => "up",
-            RedisStatus::Down => "down",
-            RedisStatus::Disabled => "disabled",
-        },
-        "database": if report.database_up { "up" } else { "down" },
-    });
-    ApiResponse::json(status, body)
+    ApiResponse::json(status, json!(Health::from(report)))
 }
 
 async fn admin_list_flags(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
-    require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
     let env = environment(request, &mut errors);
-    errors.into_result()?;
-    let flags = ctx
-        .service
-        .list_flags(&env.ok_or(ApiError::Internal)?)
-        .await?;
-    let body: Vec<Value> = flags
-        .iter()
-        .map(|f| {
-            let mut detail = flag_detail(f);
-            detail["createdAt"] = json!(f.created_at);
-            detail["updatedAt"] = json!(f.updated_at);
-            detail
-        })
-        .collect();
-    Ok(ApiResponse::ok(json!(body)))
+    let env = validated(errors, env)?;
+    let flags = ctx.service.list_flags(&env).await?;
+    let items: Vec<FlagListItem> = flags.iter().map(FlagListItem::from).collect();
+    Ok(ApiResponse::ok(json!(items)))
 }
 
 async fn admin_create_flag(
     ctx: &AppContext,
     request: &ApiRequest,
+    admin: &Caller,
 ) -> Result<ApiResponse, ApiError> {
-    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
     let env = environment(request, &mut errors);
     let body = json_object(request)?;
@@ -158,9 +125,9 @@ async fn admin_create_flag(
         body,
         &["flagKey", "enabled", "rolloutPercentage", "description"],
     );
-    let flag_key = fields.string("flagKey", 1, flags_core::domain::FlagKey::MAX_LEN, true);
+    let flag_key = fields.string("flagKey", 1, FlagKey::MAX_LEN, true);
     let flag_key = flag_key.and_then(|k| {
-        flags_core::domain::FlagKey::parse(&k)
+        FlagKey::parse(&k)
             .map_err(|e| fields.errors.add("flagKey", e.0))
             .ok()
     });
@@ -168,31 +135,32 @@ async fn admin_create_flag(
     let rollout = fields.integer("rolloutPercentage", 0, 100);
     let description = fields.nullable_string("description", MAX_DESCRIPTION_CHARS);
     errors.merge(fields.errors);
-    errors.into_result()?;
-    let (env, flag_key) = env.zip(flag_key).ok_or(ApiError::Internal)?;
+    let (env, flag_key) = validated(errors, env.zip(flag_key))?;
+    let rollout = Rollout::new(rollout.unwrap_or(0))
+        .ok_or_else(|| ApiError::internal("a validated rollout is out of range"))?;
     let new = NewFlag {
         flag_key,
         enabled: enabled.unwrap_or(false),
-        rollout: Rollout::new(rollout.unwrap_or(0)).ok_or(ApiError::Internal)?,
+        rollout,
         description: description.flatten(),
     };
     let flag = ctx
         .service
         .create_flag(&env, new, Some(&admin.actor()))
         .await?;
-    Ok(ApiResponse::json(StatusCode::CREATED, flag_detail(&flag)))
+    Ok(ApiResponse::json(
+        StatusCode::CREATED,
+        json!(FlagDetail::from(&flag)),
+    ))
 }
 
 async fn admin_update_flag(
     ctx: &AppContext,
     request: &ApiRequest,
+    admin: &Caller,
 ) -> Result<ApiResponse, ApiError> {
-    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
-    let (env, key) = (
-        environment(request, &mut errors),
-        flag_key_param(request, &mut errors),
-    );
+    let target = flag_target(request, &mut errors);
     let body = json_object(request)?;
     let mut fields = Fields::new(body, &["enabled", "rolloutPercentage", "description"]);
     let patch = FlagPatch {
@@ -203,27 +171,22 @@ async fn admin_update_flag(
         description: fields.nullable_string("description", MAX_DESCRIPTION_CHARS),
     };
     errors.merge(fields.errors);
-    errors.into_result()?;
-    let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
+    let (env, key) = validated(errors, target)?;
     let flag = ctx
         .service
         .update_flag(&env, &key, patch, Some(&admin.actor()))
         .await?;
-    Ok(ApiResponse::ok(flag_detail(&flag)))
+    Ok(ApiResponse::ok(json!(FlagDetail::from(&flag))))
 }
 
 async fn admin_delete_flag(
     ctx: &AppContext,
     request: &ApiRequest,
+    admin: &Caller,
 ) -> Result<ApiResponse, ApiError> {
-    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
-    let (env, key) = (
-        environment(request, &mut errors),
-        flag_key_param(request, &mut errors),
-    );
-    errors.into_result()?;
-    let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
+    let target = flag_target(request, &mut errors);
+    let (env, key) = validated(errors, target)?;
     ctx.service
         .delete_flag(&env, &key, Some(&admin.actor()))
         .await?;
@@ -233,28 +196,23 @@ async fn admin_delete_flag(
 async fn admin_upsert_override(
     ctx: &AppContext,
     request: &ApiRequest,
+    admin: &Caller,
 ) -> Result<ApiResponse, ApiError> {
-    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
-    let (env, key) = (
-        environment(request, &mut errors),
-        flag_key_param(request, &mut errors),
-    );
+    let target = flag_target(request, &mut errors);
     let body = json_object(request)?;
     let mut fields = Fields::new(body, &["userId", "overrideType", "reason"]);
     let user_id = fields
         .string("userId", 1, UserId::MAX_CHARS, true)
         .and_then(|u| UserId::parse(&u).ok());
-    let override_type = fields.one_of("overrideType", &["include", "exclude"], true);
+    let override_type = fields
+        .one_of("overrideType", &["include", "exclude"], true)
+        .as_deref()
+        .and_then(OverrideType::parse);
     let reason = fields.nullable_string("reason", MAX_DESCRIPTION_CHARS);
     errors.merge(fields.errors);
-    errors.into_result()?;
-    let override_type = override_type.as_deref().and_then(OverrideType::parse);
-    let (((env, key), user_id), override_type) = env
-        .zip(key)
-        .zip(user_id)
-        .zip(override_type)
-        .ok_or(ApiError::Internal)?;
+    let ((env, key), (user_id, override_type)) =
+        validated(errors, target.zip(user_id.zip(override_type)))?;
     let new = NewOverride {
         user_id,
         override_type,
@@ -265,25 +223,18 @@ async fn admin_upsert_override(
         .service
         .upsert_override(&env, &key, new, Some(&admin.actor()))
         .await?;
-    Ok(ApiResponse::json(
-        StatusCode::CREATED,
-        override_json(&saved),
-    ))
+    Ok(ApiResponse::json(StatusCode::CREATED, json!(saved)))
 }
 
 async fn admin_delete_override(
     ctx: &AppContext,
     request: &ApiRequest,
+    admin: &Caller,
 ) -> Result<ApiResponse, ApiError> {
-    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
-    let (env, key) = (
-        environment(request, &mut errors),
-        flag_key_param(request, &mut errors),
-    );
+    let target = flag_target(request, &mut errors);
     let user_id = user_id_param(request, &mut errors);
-    errors.into_result()?;
-    let ((env, key), user_id) = env.zip(key).zip(user_id).ok_or(ApiError::Internal)?;
+    let ((env, key), user_id) = validated(errors, target.zip(user_id))?;
     ctx.service
         .delete_override(&env, &key, user_id.as_str(), Some(&admin.actor()))
         .await?;
@@ -294,61 +245,38 @@ async fn admin_list_overrides(
     ctx: &AppContext,
     request: &ApiRequest,
 ) -> Result<ApiResponse, ApiError> {
-    require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
-    let (env, key) = (
-        environment(request, &mut errors),
-        flag_key_param(request, &mut errors),
-    );
+    let target = flag_target(request, &mut errors);
     let page = page_request(request, &mut errors);
-    errors.into_result()?;
-    let ((env, key), page) = env.zip(key).zip(page).ok_or(ApiError::Internal)?;
+    let ((env, key), page) = validated(errors, target.zip(page))?;
     let result = ctx.service.list_overrides(&env, &key, page).await?;
-    let of_type = |kind: OverrideType| -> Vec<Value> {
-        result
-            .overrides
-            .iter()
-            .filter(|o| o.override_type == kind)
-            .map(override_json)
-            .collect()
-    };
-    Ok(ApiResponse::ok(json!({
-        "includes": of_type(OverrideType::Include),
-        "excludes": of_type(OverrideType::Exclude),
-        "pagination": { "page": page.page, "pageSize": page.page_size, "total": result.total },
-    })))
+    let body = OverridesPage::new(&result.overrides, Pagination::new(page, result.total));
+    Ok(ApiResponse::ok(json!(body)))
 }
 
-async fn admin_invalidate_cache(
-    ctx: &AppContext,
-    request: &ApiRequest,
-) -> Result<ApiResponse, ApiError> {
-    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
+async fn admin_invalidate_cache(ctx: &AppContext, admin: &Caller) -> Result<ApiResponse, ApiError> {
     let report = ctx.service.invalidate_all(Some(&admin.actor())).await?;
-    // `complete: false` when Redis stopped answering part-way: the count is still exact.
-    Ok(ApiResponse::ok(json!({
-        "invalidatedKeys": report.deleted,
-        "complete": report.complete,
+    Ok(ApiResponse::ok(json!(CacheInvalidated {
+        invalidated_keys: report.deleted,
+        complete: report.complete,
     })))
 }
 
 /// `GET /admin/audit` (contract §2.7): newest first; without `environment`, every environment.
 async fn admin_audit(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
-    require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
     let environment = optional_query(request, "environment", Environment::parse, &mut errors);
     let flag_key = optional_query(request, "flagKey", FlagKey::parse, &mut errors);
     let page = page_request(request, &mut errors);
-    errors.into_result()?;
-    let page = page.ok_or(ApiError::Internal)?;
+    let page = validated(errors, page)?;
     let filter = AuditFilter {
         environment: environment.map(|e| e.as_str().to_owned()),
         flag_key: flag_key.map(|k| k.as_str().to_owned()),
     };
     let result = ctx.service.list_audit(&filter, page).await?;
-    Ok(ApiResponse::ok(json!({
-        "items": result.entries,
-        "pagination": { "page": page.page, "pageSize": page.page_size, "total": result.total },
+    Ok(ApiResponse::ok(json!(AuditPageBody {
+        items: &result.entries,
+        pagination: Pagination::new(page, result.total),
     })))
 }
 
@@ -356,13 +284,10 @@ async fn admin_audit(ctx: &AppContext, request: &ApiRequest) -> Result<ApiRespon
 async fn admin_create_schedule(
     ctx: &AppContext,
     request: &ApiRequest,
+    admin: &Caller,
 ) -> Result<ApiResponse, ApiError> {
-    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
-    let (env, key) = (
-        environment(request, &mut errors),
-        flag_key_param(request, &mut errors),
-    );
+    let target = flag_target(request, &mut errors);
     let body = json_object(request)?;
     let mut fields = Fields::new(body, &["scheduledAt", "updates"]);
     let scheduled_at = fields
@@ -387,12 +312,8 @@ async fn admin_create_schedule(
         .object("updates", true)
         .and_then(|map| schedule_updates(map, &mut fields.errors));
     errors.merge(fields.errors);
-    errors.into_result()?;
-    let (((env, key), scheduled_at), updates) = env
-        .zip(key)
-        .zip(scheduled_at)
-        .zip(updates)
-        .ok_or(ApiError::Internal)?;
+    let ((env, key), (scheduled_at, updates)) =
+        validated(errors, target.zip(scheduled_at.zip(updates)))?;
     let new = NewSchedule {
         scheduled_at,
         updates,
@@ -443,14 +364,9 @@ async fn admin_list_schedules(
     ctx: &AppContext,
     request: &ApiRequest,
 ) -> Result<ApiResponse, ApiError> {
-    require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
-    let (env, key) = (
-        environment(request, &mut errors),
-        flag_key_param(request, &mut errors),
-    );
-    errors.into_result()?;
-    let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
+    let target = flag_target(request, &mut errors);
+    let (env, key) = validated(errors, target)?;
     let schedules = ctx.service.list_schedules(&env, &key).await?;
     Ok(ApiResponse::ok(json!(schedules)))
 }
@@ -460,15 +376,11 @@ async fn admin_list_schedules(
 async fn admin_cancel_schedule(
     ctx: &AppContext,
     request: &ApiRequest,
+    admin: &Caller,
 ) -> Result<ApiResponse, ApiError> {
-    let admin = require_admin(ctx.verifier.as_ref(), request).await?;
     let mut errors = ValidationErrors::default();
-    let (env, key) = (
-        environment(request, &mut errors),
-        flag_key_param(request, &mut errors),
-    );
-    errors.into_result()?;
-    let (env, key) = env.zip(key).ok_or(ApiError::Internal)?;
+    let target = flag_target(request, &mut errors);
+    let (env, key) = validated(errors, target)?;
     // An id that is not a UUID names no schedule: the same 404 as an unknown one.
     let id = request
         .path_param("scheduleId")

@@ -2,7 +2,7 @@
 //! binary calls [`run`] with its route; everything is built during init, before the runtime
 //! loop, and reused by every warm invocation.
 
-use crate::api::{ApiError, ApiRequest, ApiResponse};
+use crate::api::{ApiError, ApiRequest};
 use crate::context::AppContext;
 use crate::handlers::handle;
 use crate::routes::Route;
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use flags_core::domain::{ApplyReport, Timestamp};
 use flags_core::service::SweepReport;
 use flags_core::telemetry::{self, LogFormat};
-use lambda_http::{Body, LambdaEvent, Request, RequestExt, Response, service_fn};
+use lambda_http::{Body, LambdaEvent, Request, RequestExt, service_fn};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -34,9 +34,11 @@ pub async fn run(route: Route) -> Result<(), lambda_http::Error> {
     lambda_http::run(service_fn(move |event: Request| {
         let context = context.clone();
         async move {
-            Ok::<_, std::convert::Infallible>(into_lambda_response(
-                handle(&context, route, into_api_request(event)).await,
-            ))
+            Ok::<_, std::convert::Infallible>(
+                handle(&context, route, into_api_request(event))
+                    .await
+                    .into_http::<Body>(),
+            )
         }
     }))
     .await
@@ -49,9 +51,9 @@ pub async fn run_not_found() -> Result<(), lambda_http::Error> {
     telemetry::init(LogFormat::Json);
     lambda_http::run(service_fn(|event: Request| async move {
         tracing::info!(method = %event.method(), path = event.uri().path(), status = 404, "no route");
-        Ok::<_, std::convert::Infallible>(into_lambda_response(
-            ApiError::RouteNotFound.into_response(),
-        ))
+        Ok::<_, std::convert::Infallible>(
+            ApiError::RouteNotFound.into_response().into_http::<Body>(),
+        )
     }))
     .await
 }
@@ -137,6 +139,8 @@ pub async fn run_scheduler() -> Result<(), lambda_http::Error> {
     .await
 }
 
+/// The API Gateway event as the handlers see it: API Gateway already decoded the path
+/// parameters and the query.
 pub fn into_api_request(event: Request) -> ApiRequest {
     let path_params = event
         .path_parameters()
@@ -155,23 +159,5 @@ pub fn into_api_request(event: Request) -> ApiRequest {
         Body::Binary(bytes) => Bytes::from(bytes),
         _ => Bytes::new(),
     };
-    ApiRequest {
-        method: parts.method,
-        path: parts.uri.path().to_owned(),
-        path_params,
-        query,
-        headers: parts.headers,
-        body,
-    }
-}
-
-pub fn into_lambda_response(response: ApiResponse) -> Response<Body> {
-    let body = match &response.body {
-        Some(value) => Body::Text(value.to_string()),
-        None => Body::Empty,
-    };
-    let mut lambda_response = Response::new(body);
-    *lambda_response.status_mut() = response.status;
-    *lambda_response.headers_mut() = response.headers;
-    lambda_response
+    ApiRequest::from_parts(parts, path_params, query, body)
 }

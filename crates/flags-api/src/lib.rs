@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bodies;
 pub mod context;
 pub mod handlers;
 pub mod lambda;

@@ -217,6 +217,23 @@ pub fn environment(request: &ApiRequest, errors: &mut ValidationErrors) -> Optio
         .ok()
 }
 
+/// The environment and the path's flag key that every flag route starts with.
+pub fn flag_target(
+    request: &ApiRequest,
+    errors: &mut ValidationErrors,
+) -> Option<(Environment, FlagKey)> {
+    let env = environment(request, errors);
+    let key = flag_key_param(request, errors);
+    env.zip(key)
+}
+
+/// The end of a handler's validation: every recorded problem as one 400, else the value. A value
+/// missing although no problem was recorded is a bug in the handler: logged, and a 500.
+pub fn validated<T>(errors: ValidationErrors, value: Option<T>) -> Result<T, ApiError> {
+    errors.into_result()?;
+    value.ok_or_else(|| ApiError::internal("validation recorded no problem but left a value out"))
+}
+
 pub fn flag_key_param(request: &ApiRequest, errors: &mut ValidationErrors) -> Option<FlagKey> {
     FlagKey::parse(request.path_param("flagKey").unwrap_or(""))
         .map_err(|e| errors.add("flagKey", e.0))

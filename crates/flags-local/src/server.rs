@@ -7,7 +7,7 @@ use axum::extract::State;
 use flags_api::api::MAX_BODY_BYTES;
 use flags_api::api::ValidationErrors;
 use flags_api::handlers::handle;
-use flags_api::{ApiError, ApiRequest, ApiResponse, AppContext, Route};
+use flags_api::{ApiError, ApiRequest, AppContext, Route};
 use flags_core::FlagService;
 use http::{Request, Response};
 use percent_encoding::percent_decode_str;
@@ -58,7 +58,7 @@ async fn dispatch(
         Ok((route, api_request)) => handle(&context, route, api_request).await,
         Err(error) => error.into_response(),
     };
-    to_http_response(response)
+    response.into_http()
 }
 
 /// Splits the path into decoded segments, dropping the optional `/api` prefix. A `%` that is not
@@ -108,23 +108,8 @@ async fn to_api_request(request: Request<Body>) -> Result<(Route, ApiRequest), A
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::PayloadTooLarge);
     }
-    let api_request = ApiRequest {
-        method: parts.method,
-        path: parts.uri.path().to_owned(),
-        path_params,
-        query,
-        headers: parts.headers,
-        body,
-    };
+    let api_request = ApiRequest::from_parts(parts, path_params, query, body);
     Ok((route, api_request))
-}
-
-fn to_http_response(response: ApiResponse) -> Response<Body> {
-    let body = Body::from(response.body_bytes());
-    let mut http_response = Response::new(body);
-    *http_response.status_mut() = response.status;
-    *http_response.headers_mut() = response.headers;
-    http_response
 }
 
 #[cfg(test)]
