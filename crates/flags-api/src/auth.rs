@@ -2,13 +2,16 @@
 //! signature, issuer, expiry, `token_use == "access"` and client id. In AWS the JWKS is the
 //! Cognito user pool's, fetched once per execution environment and again (at most once a
 //! minute) when a token names a key it does not hold, as after a rotation; locally it is a file
-//! written by `flagctl`, verified by exactly the same code.
+//! written by `flagctl`, verified by exactly the same code. A token that passed is kept (by its
+//! SHA-256) and answered from memory until it expires, while its signing key is still published.
 
 use crate::api::{ApiError, ApiRequest};
 use flags_core::domain::Actor;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use moka::sync::Cache;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -19,6 +22,10 @@ const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a failed fetch is answered from memory instead of being tried again.
 const FAILURE_MEMORY: Duration = Duration::from_secs(5);
+/// Verified tokens kept per process; past this the least useful are evicted.
+const VERIFIED_TOKENS: u64 = 10_000;
+/// No token stays cached longer than this, whatever its expiry (Cognito's default lifetime).
+const VERIFIED_TTL: Duration = Duration::from_secs(3600);
 const ADMIN_GROUPS: [&str; 2] = ["admin", "admins"];
 
 /// Who the caller is, from a verified token.
@@ -33,6 +40,9 @@ pub struct Caller {
     client_id: Option<String>,
     #[serde(default)]
     pub email: Option<String>,
+    /// Expiry, seconds since the epoch (required by the verification).
+    #[serde(default)]
+    exp: i64,
 }
 
 impl Caller {
@@ -83,9 +93,20 @@ struct FetchState {
     failure: Option<(Instant, String)>,
 }
 
+/// A token that passed the full verification, kept under the SHA-256 of the token.
+#[derive(Debug)]
+struct Verified {
+    caller: Caller,
+    /// The key that signed it: a hit counts only while the current keys still hold it.
+    kid: String,
+}
+
 #[derive(Debug)]
 pub struct TokenVerifier {
     origin: KeyOrigin,
+    /// Tokens already verified: a signed-in caller's next requests skip the RS256 check until
+    /// the token expires. Only successes are kept; a failure is verified again every time.
+    verified: Cache<[u8; 32], Arc<Verified>>,
     /// The current keys; `None` until the first successful fetch.
     keys: RwLock<Option<Arc<JwkSet>>>,
     fetch: Mutex<FetchState>,
@@ -102,6 +123,10 @@ impl TokenVerifier {
     ) -> Self {
         Self {
             origin,
+            verified: Cache::builder()
+                .max_capacity(VERIFIED_TOKENS)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
             keys: RwLock::new(keys.map(Arc::new)),
             fetch: Mutex::new(FetchState::default()),
             issuer,
@@ -236,7 +261,40 @@ impl TokenVerifier {
         }
     }
 
+    /// The caller of a valid access token. A token verified before is answered from memory
+    /// while it has not expired and its signing key is still published; anything else gets the
+    /// full verification.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.verified.get(&digest) {
+            let unexpired = hit.caller.exp > chrono::Utc::now().timestamp();
+            let key_published = self
+                .loaded()
+                .is_some_and(|keys| keys.find(&hit.kid).is_some());
+            if unexpired && key_published {
+                return Ok(hit.caller.clone());
+            }
+            self.verified.invalidate(&digest);
+        }
+        let (caller, kid) = self.verify_fully(token).await?;
+        self.verified.insert(
+            digest,
+            Arc::new(Verified {
+                caller: caller.clone(),
+                kid,
+            }),
+        );
+        Ok(caller)
+    }
+
+    /// Verified tokens held right now (for tests and measurements).
+    pub fn cached_tokens(&self) -> u64 {
+        self.verified.run_pending_tasks();
+        self.verified.entry_count()
+    }
+
+    /// Signature, issuer, expiry, `token_use` and client id; the caller and the signing key id.
+    async fn verify_fully(&self, token: &str) -> Result<(Caller, String), AuthError> {
         let reject = |reason: &str| AuthError::Rejected(reason.to_owned());
         let header = decode_header(token).map_err(|e| AuthError::Rejected(e.to_string()))?;
         if header.alg != Algorithm::RS256 {
@@ -275,7 +333,7 @@ impl TokenVerifier {
         if caller.sub.is_empty() {
             return Err(reject("empty sub"));
         }
-        Ok(caller)
+        Ok((caller, kid))
     }
 }
 
