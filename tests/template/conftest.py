@@ -1,15 +1,19 @@
 """Shared loaders for the template tests.
 
 The templates are read with cfn-lint's CloudFormation-aware decoder (it understands the
-short-form tags !Ref, !Sub, !GetAtt, ... and returns their long form, e.g. {"Ref": "X"}),
-and the SAM template is also translated to plain CloudFormation with the SAM translator
-(offline: no AWS call, no credentials), so the tests can check what CloudFormation will
-really get.
+short-form tags !Ref, !Sub, !GetAtt, ... and returns their long form, e.g. {"Ref": "X"}).
+template.yaml uses the AWS::LanguageExtensions transform (its route functions are one
+Fn::ForEach loop over a route table), so the `template` every test sees is the *expanded*
+template (scripts/expand_template.py: SAM CLI's Fn::ForEach processor plus the template-time
+lookups of the transform). It is also translated to plain CloudFormation with the SAM
+translator (offline: no AWS call, no credentials), so the tests can check what CloudFormation
+will really get. `source_template` is the file as written, loops and all.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 from pathlib import Path
 
@@ -20,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 BILLING_TEMPLATE = ROOT / "infra" / "billing-us-east-1.yaml"
 
+_spec = importlib.util.spec_from_file_location("expand_template", ROOT / "scripts" / "expand_template.py")
+expand_template = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(expand_template)
+
 
 def load(path: Path) -> dict:
     template, errors = decode(str(path))
@@ -28,8 +36,15 @@ def load(path: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def template() -> dict:
+def source_template() -> dict:
+    """template.yaml as written (Fn::ForEach loops, route table in Mappings)."""
     return load(TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def template(source_template) -> dict:
+    """template.yaml after the AWS::LanguageExtensions expansion: every resource it deploys."""
+    return expand_template.expand(source_template)
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +64,8 @@ class _NoManagedPolicies:
         return {}
 
 
-@pytest.fixture(scope="session")
-def transformed(template) -> dict:
+def translate(template: dict) -> dict:
+    """The SAM translation of an (expanded) template, as `sam validate` would do it."""
     from samtranslator.translator.transform import transform
 
     sam = copy.deepcopy(template)
@@ -71,3 +86,8 @@ def transformed(template) -> dict:
             del os.environ["AWS_DEFAULT_REGION"]
         else:
             os.environ["AWS_DEFAULT_REGION"] = previous
+
+
+@pytest.fixture(scope="session")
+def transformed(template) -> dict:
+    return translate(template)

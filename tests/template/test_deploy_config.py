@@ -93,3 +93,19 @@ def test_compose_services_match_the_local_urls():
     assert (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]) == ("postgres", "postgres", "flags")
     for service in (redis, postgres):
         assert service["healthcheck"]["test"]
+
+
+@pytest.mark.parametrize("command", ["build", "deploy"])
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_sam_cli_expands_the_route_loop_for_build_and_deploy(monkeypatch, env, command):
+    # template.yaml's route functions are one Fn::ForEach loop: without local expansion (off by
+    # default) `sam build` builds none of them and `sam deploy` uploads nothing for them. The
+    # command is only parsed, with samconfig.toml read as SAM CLI reads it; nothing runs.
+    monkeypatch.setenv("SAM_CLI_TELEMETRY", "0")
+    monkeypatch.chdir(ROOT)
+    if command == "build":
+        from samcli.commands.build.command import cli
+    else:
+        from samcli.commands.deploy.command import cli
+    context = cli.make_context(command, ["--config-env", env])
+    assert context.params["language_extensions"] is True

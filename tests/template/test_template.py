@@ -123,6 +123,30 @@ def param_default(template: dict, ref: dict):
     return template["Parameters"][ref["Ref"]]["Default"]
 
 
+def rust_routes() -> dict:
+    """crates/flags-api/src/routes.rs, read with regexes: variant -> (binary, method, path).
+
+    `Route::ALL` lists the routes, `spec()` gives the method and path, `function_name()` the
+    binary (and SAM `Binary`) name.
+    """
+    source = (ROOT / "crates" / "flags-api" / "src" / "routes.rs").read_text()
+
+    def body(start_marker: str, end_marker: str) -> str:
+        start = source.index(start_marker)
+        return source[start : source.index(end_marker, start)]
+
+    variants = re.findall(r"Route::(\w+)", body("pub const ALL", "];"))
+    specs = {
+        variant: (method, path)
+        for variant, method, path in re.findall(
+            r'Self::(\w+)\s*=>\s*\(\s*Method::(\w+),\s*"([^"]+)"', body("pub fn spec(self)", "\n    }\n")
+        )
+    }
+    binaries = dict(re.findall(r'Self::(\w+)\s*=>\s*"([^"]+)"', body("pub fn function_name(self)", "\n    }\n")))
+    assert variants and set(specs) == set(variants) == set(binaries), "routes.rs no longer reads as expected"
+    return {variant: (binaries[variant], *specs[variant]) for variant in variants}
+
+
 # --- network: AC 9 --------------------------------------------------------------------------
 
 
@@ -288,6 +312,46 @@ def test_one_function_and_route_per_contract_route(resources):
         assert function["Properties"]["FunctionName"] == {"Fn::Sub": f"feature-flags-${{Environment}}-{binary}"}
     assert set(seen) == set(ROUTES)
     assert len(seen) == 15
+
+
+def test_the_template_route_table_is_the_rust_route_table(source_template, resources):
+    """template.yaml's route table (issue 13), routes.rs and the contract (ROUTES) agree.
+
+    Every Rust route has a row with its binary, method and path, hence a function of that
+    binary on that route, a cargo binary and a sample event; the table has one more row, the
+    $default function, and the scheduled applier is the one Rust function outside the table.
+    """
+    rust = rust_routes()
+    assert {(method, path): binary for binary, method, path in rust.values()} == {
+        key: binary for key, (binary, _admin) in ROUTES.items()
+    }, "routes.rs and the contract's route list (ROUTES above) differ"
+    table = source_template["Mappings"]["Routes"]
+    identifier, collection, _body = source_template["Resources"]["Fn::ForEach::Routes"]
+    assert identifier == "Route"
+    assert collection == list(table), "Fn::ForEach::Routes must loop over the route table's rows, in order"
+    assert set(table) == set(rust) | {"NotFound"}
+    for variant, (binary, method, path) in rust.items():
+        row = table[variant]
+        assert (row["Binary"], row["Method"], row["Path"]) == (binary, method, path), variant
+        assert row["Description"].startswith(f"{method} {path} - "), variant
+        function = resources[f"{variant}Function"]
+        assert function["Metadata"]["BuildProperties"]["Binary"] == binary, variant
+        assert (event_of(function)["Method"], event_of(function)["Path"]) == (method, path), variant
+        assert (ROOT / "crates" / "flags-api" / "src" / "bin" / f"{binary}.rs").is_file(), binary
+        assert (ROOT / "events" / f"{binary}.json").is_file(), f"events/{binary}.json"
+    # The $default route: a row of the table, no route of Rust's.
+    row = table["NotFound"]
+    assert (row["Binary"], row["Method"], row["Path"]) == (NOT_FOUND_BINARY, *DEFAULT_ROUTE_EVENT)
+    assert resources[NOT_FOUND]["Metadata"]["BuildProperties"]["Binary"] == NOT_FOUND_BINARY
+    assert (ROOT / "events" / f"{NOT_FOUND_BINARY}.json").is_file()
+    # The scheduled applier: EventBridge's, outside the table.
+    applier = resources[APPLIER]
+    assert applier["Metadata"]["BuildProperties"]["Binary"] == "apply-schedules"
+    assert "Events" not in applier["Properties"]
+    (rule,) = of_type(resources, "AWS::Events::Rule").values()
+    assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [APPLIER, "Arn"]}
+    assert (ROOT / "events" / "apply-schedules.json").is_file()
+    assert set(rust_functions(resources)) == {f"{variant}Function" for variant in table} | {APPLIER}
 
 
 def test_functions_build_the_flags_api_binaries_with_cargo_lambda(template, resources):
