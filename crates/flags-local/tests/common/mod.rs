@@ -78,19 +78,20 @@ pub async fn seeded_postgres_url() -> String {
         .unwrap();
     admin.close().await.unwrap();
     let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-    let app = flags_core::App::build(&Config::new(url.clone(), None))
-        .await
-        .unwrap();
-    app.service.store().migrate().await.unwrap();
-    flags_local::seed::seed(&app.service).await.unwrap();
-    url
+    migrated_and_seeded(format!(
+        "{base}{separator}options=-c%20search_path%3D{schema}"
+    ))
+    .await
 }
 
 /// A migrated, seeded SQLite file of its own under the system temp folder, as a URL.
 pub async fn seeded_sqlite_url() -> String {
     let path = std::env::temp_dir().join(format!("{}.db", unique("flags-e2e-")));
-    let url = format!("sqlite://{}", path.display());
+    migrated_and_seeded(format!("sqlite://{}", path.display())).await
+}
+
+/// Applies the migrations and the demo flags to the database `url` names; returns `url`.
+async fn migrated_and_seeded(url: String) -> String {
     let app = flags_core::App::build(&Config::new(url.clone(), None))
         .await
         .unwrap();
