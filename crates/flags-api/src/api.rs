@@ -91,6 +91,13 @@ impl ApiResponse {
         Self::json(StatusCode::OK, body)
     }
 
+    /// 304: the client's copy (its `If-None-Match`) is current; no body.
+    pub fn not_modified() -> Self {
+        let mut response = Self::no_content();
+        response.status = StatusCode::NOT_MODIFIED;
+        response
+    }
+
     pub fn no_content() -> Self {
         Self {
             status: StatusCode::NO_CONTENT,
@@ -174,8 +181,18 @@ pub enum ApiError {
     ScheduleNotFound(String),
     ScheduleNotCancellable,
     PayloadTooLarge,
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     RouteNotFound,
+    /// An OFREP evaluation error (contract §2.8): its own body shape, `{"key"?, "errorCode",
+    /// "errorDetails"}`.
+    Ofrep {
+        status: StatusCode,
+        key: Option<String>,
+        code: &'static str,
+        details: String,
+    },
     Internal,
 }
 
@@ -242,6 +259,18 @@ impl ApiError {
                 return response;
             }
             Self::RouteNotFound => (StatusCode::NOT_FOUND, json!({"error": "Not found"})),
+            Self::Ofrep {
+                status,
+                key,
+                code,
+                details,
+            } => {
+                let mut body = json!({"errorCode": code, "errorDetails": details});
+                if let Some(key) = key {
+                    body["key"] = json!(key);
+                }
+                (status, body)
+            }
             Self::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json!({"error": "Internal server error"}),

@@ -9,6 +9,7 @@ use crate::bodies::{
     AuditPageBody, CacheInvalidated, FlagDetail, FlagListItem, Health, OverridesPage, Pagination,
 };
 use crate::context::AppContext;
+use crate::ofrep;
 use crate::routes::Route;
 use crate::validation::{
     Fields, environment, flag_target, json_object, optional_query, page_request, user_id_param,
@@ -49,6 +50,8 @@ async fn answer(
             Route::GetFlags => get_flags(ctx, request).await,
             Route::GetFlag => get_flag(ctx, request).await,
             Route::Health => Ok(health(ctx).await),
+            Route::OfrepEvaluateFlag => ofrep::evaluate_flag(ctx, request).await,
+            Route::OfrepEvaluateFlags => ofrep::evaluate_flags(ctx, request).await,
             admin_route => Err(ApiError::internal(format!(
                 "{admin_route:?} reached the public dispatch"
             ))),

@@ -8,6 +8,7 @@ pub mod bodies;
 pub mod context;
 pub mod handlers;
 pub mod lambda;
+pub mod ofrep;
 pub mod routes;
 pub mod validation;
 

@@ -20,10 +20,12 @@ pub enum Route {
     AdminCreateSchedule,
     AdminListSchedules,
     AdminCancelSchedule,
+    OfrepEvaluateFlag,
+    OfrepEvaluateFlags,
 }
 
 impl Route {
-    pub const ALL: [Route; 15] = [
+    pub const ALL: [Route; 17] = [
         Route::GetFlags,
         Route::GetFlag,
         Route::Health,
@@ -39,6 +41,8 @@ impl Route {
         Route::AdminCreateSchedule,
         Route::AdminListSchedules,
         Route::AdminCancelSchedule,
+        Route::OfrepEvaluateFlag,
+        Route::OfrepEvaluateFlags,
     ];
 
     /// Method and path template as API Gateway routes them.
@@ -62,6 +66,8 @@ impl Route {
                 Method::DELETE,
                 "/admin/flags/{flagKey}/schedule/{scheduleId}",
             ),
+            Self::OfrepEvaluateFlag => (Method::POST, "/ofrep/v1/evaluate/flags/{key}"),
+            Self::OfrepEvaluateFlags => (Method::POST, "/ofrep/v1/evaluate/flags"),
         }
     }
 
@@ -83,6 +89,8 @@ impl Route {
             Self::AdminCreateSchedule => "admin-create-schedule",
             Self::AdminListSchedules => "admin-list-schedules",
             Self::AdminCancelSchedule => "admin-cancel-schedule",
+            Self::OfrepEvaluateFlag => "ofrep-evaluate-flag",
+            Self::OfrepEvaluateFlags => "ofrep-evaluate-flags",
         }
     }
 
@@ -138,7 +146,8 @@ mod tests {
             let concrete = template
                 .replace("{flagKey}", "my-flag")
                 .replace("{userId}", "user-1")
-                .replace("{scheduleId}", "3f2b1c1e-0000-4000-8000-000000000001");
+                .replace("{scheduleId}", "3f2b1c1e-0000-4000-8000-000000000001")
+                .replace("{key}", "my-flag");
             let (found, params) = Route::match_path(&method, &segments(&concrete)).unwrap();
             assert_eq!(found, route, "{template}");
             if template.contains("{flagKey}") {

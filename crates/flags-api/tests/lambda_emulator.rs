@@ -63,6 +63,8 @@ fn release_binary(function: &str) -> &'static str {
         "admin-cancel-schedule" => env!("CARGO_BIN_EXE_admin-cancel-schedule"),
         "apply-schedules" => env!("CARGO_BIN_EXE_apply-schedules"),
         "not-found" => env!("CARGO_BIN_EXE_not-found"),
+        "ofrep-evaluate-flag" => env!("CARGO_BIN_EXE_ofrep-evaluate-flag"),
+        "ofrep-evaluate-flags" => env!("CARGO_BIN_EXE_ofrep-evaluate-flags"),
         other => panic!("no function binary named {other}"),
     }
 }
@@ -245,10 +247,12 @@ fn body(response: &Value) -> Value {
 
 /// Every route function, in an order where each event finds what it needs (create before
 /// delete), the audit log last so that it sees every write before it.
-const SEQUENCE: [(&str, i64); 15] = [
+const SEQUENCE: [(&str, i64); 17] = [
     ("health", 200),
     ("get-flags", 200),
     ("get-flag", 200),
+    ("ofrep-evaluate-flag", 200),
+    ("ofrep-evaluate-flags", 200),
     ("admin-list-flags", 200),
     ("admin-create-flag", 201),
     ("admin-update-flag", 200),
@@ -455,6 +459,16 @@ async fn every_function_answers(redis: Option<String>, expected_redis: &str) {
             }
             "get-flags" => assert_eq!(first["wishlist-gallery"], true, "{first}"),
             "get-flag" => assert_eq!(first["key"], "wishlist-gallery"),
+            "ofrep-evaluate-flag" => assert_eq!(
+                first,
+                json!({"key": "wishlist-gallery", "value": true, "variant": "on", "reason": "STATIC",
+                       "metadata": {"environment": "production", "rolloutPercentage": 100}})
+            ),
+            "ofrep-evaluate-flags" => {
+                assert_eq!(first["flags"].as_array().map(Vec::len), Some(5), "{first}");
+                let etag = &responses[0]["headers"]["etag"];
+                assert!(etag.as_str().is_some_and(|t| t.starts_with('"')), "{etag}");
+            }
             "admin-list-flags" => assert_eq!(first.as_array().map(Vec::len), Some(5)),
             "admin-create-flag" => assert_eq!(status(&responses[0]), 201),
             "admin-update-flag" => assert_eq!(first["rolloutPercentage"], 75),
@@ -857,6 +871,24 @@ async fn admin_functions_verify_tokens_and_answer_the_contract_bodies() {
         assert_eq!(status(&response), 413, "{response}");
         assert_eq!(body(&response)["error"], "PAYLOAD_TOO_LARGE", "{response}");
     }
+}
+
+/// The OFREP bulk function under the emulator: its `ETag` on the first answer, a 304 without a
+/// body for a request that sends it back, on a warm invocation of the same process.
+#[tokio::test]
+async fn ofrep_bulk_answers_304_for_its_own_etag() {
+    let mut env = auth_env(&local_keys());
+    env.push(("DATABASE_URL", seeded_postgres_url().await));
+    let lambda = Lambda::start("ofrep-evaluate-flags", &env);
+    let first = lambda.invoke_ok(&event("ofrep-evaluate-flags")).await;
+    assert_eq!(status(&first), 200, "{first}");
+    let etag = first["headers"]["etag"].as_str().unwrap().to_owned();
+    let mut again = event("ofrep-evaluate-flags");
+    again["headers"]["if-none-match"] = json!(etag);
+    let second = lambda.invoke_ok(&again).await;
+    assert_eq!(status(&second), 304, "{second}");
+    assert_eq!(second["headers"]["etag"], json!(etag));
+    assert!(body(&second).is_null(), "{second}");
 }
 
 /// The `$default` route's function: the contract's 404 body for any method and path, with no

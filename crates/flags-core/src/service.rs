@@ -219,6 +219,16 @@ impl FlagService {
         environments.contains(env.as_str())
     }
 
+    /// The environment's flags and the caller's overrides, from the same cache-aside read as
+    /// every evaluation: for callers that report more than the value (OFREP's reasons, ETag).
+    pub async fn evaluation_inputs(
+        &self,
+        env: &Environment,
+        user_id: Option<&str>,
+    ) -> Result<(FlagSet, UserOverrides), ServiceError> {
+        self.load(env, user_id.filter(|id| !id.is_empty())).await
+    }
+
     /// Every flag of the environment evaluated for the caller (contract §1.1).
     pub async fn evaluate_all(
         &self,

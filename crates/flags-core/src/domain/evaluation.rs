@@ -21,28 +21,63 @@ pub fn bucket(user_id: &str) -> u8 {
     (head % 100) as u8
 }
 
-/// Evaluates one flag for one caller; the rules apply in order, first match wins.
-pub fn evaluate(flag: Option<&Flag>, ctx: EvaluationContext<'_>) -> bool {
-    let Some(flag) = flag else { return false };
+/// Which rule of §1.1 decided an evaluation (OpenFeature's reasons, as OFREP reports them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The flag is off: the kill switch.
+    Disabled,
+    /// The caller's include or exclude override.
+    TargetingMatch,
+    /// 0 % or 100 %: the same answer for everyone.
+    Static,
+    /// The caller's rollout bucket.
+    Split,
+    /// An anonymous caller at a partial rollout.
+    Default,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "DISABLED",
+            Self::TargetingMatch => "TARGETING_MATCH",
+            Self::Static => "STATIC",
+            Self::Split => "SPLIT",
+            Self::Default => "DEFAULT",
+        }
+    }
+}
+
+/// Evaluates one existing flag for one caller, with the rule that decided; the rules apply in
+/// order, first match wins.
+pub fn evaluate_with_reason(flag: &Flag, ctx: EvaluationContext<'_>) -> (bool, Reason) {
     if !flag.enabled {
-        return false; // kill switch beats every override
+        return (false, Reason::Disabled); // kill switch beats every override
     }
     match ctx.overrides.get(&flag.flag_key) {
-        Some(OverrideType::Exclude) => return false,
-        Some(OverrideType::Include) => return true,
+        Some(OverrideType::Exclude) => return (false, Reason::TargetingMatch),
+        Some(OverrideType::Include) => return (true, Reason::TargetingMatch),
         None => {}
     }
     if flag.rollout_percentage >= 100 {
-        return true;
+        return (true, Reason::Static);
     }
     if flag.rollout_percentage <= 0 {
-        return false;
+        return (false, Reason::Static);
     }
     match ctx.user_id.filter(|id| !id.is_empty()) {
         // Changed on purpose: anonymous callers are outside every partial rollout.
-        None => false,
-        Some(id) => i32::from(bucket(id)) < flag.rollout_percentage,
+        None => (false, Reason::Default),
+        Some(id) => (
+            i32::from(bucket(id)) < flag.rollout_percentage,
+            Reason::Split,
+        ),
     }
+}
+
+/// Evaluates one flag for one caller; a flag that does not exist is off.
+pub fn evaluate(flag: Option<&Flag>, ctx: EvaluationContext<'_>) -> bool {
+    flag.is_some_and(|flag| evaluate_with_reason(flag, ctx).0)
 }
 
 /// Evaluates every flag of an environment for one caller.
@@ -159,6 +194,58 @@ mod tests {
             Some(&flag("f", true, 35)),
             ctx(Some("user-123"), &none)
         ));
+    }
+
+    #[test]
+    fn each_rule_reports_its_reason() {
+        let none = UserOverrides::new();
+        let include: UserOverrides = [("f".to_owned(), OverrideType::Include)].into();
+        let exclude: UserOverrides = [("f".to_owned(), OverrideType::Exclude)].into();
+        let cases = [
+            (
+                flag("f", false, 100),
+                Some("user-123"),
+                &include,
+                (false, Reason::Disabled),
+            ),
+            (
+                flag("f", true, 100),
+                Some("user-123"),
+                &exclude,
+                (false, Reason::TargetingMatch),
+            ),
+            (
+                flag("f", true, 0),
+                Some("user-123"),
+                &include,
+                (true, Reason::TargetingMatch),
+            ),
+            (flag("f", true, 100), None, &none, (true, Reason::Static)),
+            (
+                flag("f", true, 0),
+                Some("user-456"),
+                &none,
+                (false, Reason::Static),
+            ),
+            (flag("f", true, 50), None, &none, (false, Reason::Default)),
+            (
+                flag("f", true, 36),
+                Some("user-123"),
+                &none,
+                (true, Reason::Split),
+            ),
+            (
+                flag("f", true, 35),
+                Some("user-123"),
+                &none,
+                (false, Reason::Split),
+            ),
+        ];
+        for (f, user, overrides, expected) in cases {
+            let c = ctx(user, overrides);
+            assert_eq!(evaluate_with_reason(&f, c), expected, "{f:?} {user:?}");
+            assert_eq!(evaluate(Some(&f), c), expected.0);
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@ mod schedule;
 mod time;
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter, AuditPage};
-pub use evaluation::{EvaluationContext, bucket, evaluate, evaluate_all};
+pub use evaluation::{
+    EvaluationContext, Reason, bucket, evaluate, evaluate_all, evaluate_with_reason,
+};
 pub use names::{Environment, FlagKey, NameError, UserId, has_control_chars};
 pub use schedule::{
     APPLY_BATCH, ApplyOutcome, ApplyReport, DEFAULT_MAX_RETRIES, NewSchedule, RETRY_JITTER_MAX,
