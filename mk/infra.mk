@@ -5,7 +5,7 @@
 #   make validate                    sam validate --lint, cfn-lint, checkov, template tests
 #   make expand-template             target/infra/template.expanded.json: template.yaml with its
 #                                    Fn::ForEach loops expanded (what the linters and checkov read)
-#   make build ENV=dev               sam build: 17 arm64 binaries (15 routes + not-found on $default + the scheduled applier) via cargo-lambda + zig
+#   make build ENV=dev               sam build: 19 arm64 binaries (17 routes + not-found on $default + the scheduled applier) via cargo-lambda + zig
 #   make deploy ENV=dev|staging|prod sam deploy --config-env ENV
 #   make logs ENV=dev [FUNCTION=GetFlagsFunction]
 #   make start-api                   sam local start-api (Docker + `docker compose up -d --wait`)
@@ -115,7 +115,7 @@ infra-env-check:
 # python that carries the ziglang module) comes first on PATH. cargo-lambda adds the
 # aarch64-unknown-linux-gnu target through rustup when it is missing.
 # --language-extensions (also `language_extensions = true` in samconfig.toml): SAM CLI expands the
-# route loop locally to find the 17 functions; without it `sam build` stops on the loop.
+# route loop locally to find the 19 functions; without it `sam build` stops on the loop.
 build: infra-env-check $(SAM_VENV)/.installed $(LAMBDA_VENV)/.installed ## sam build for ENV (arm64 binaries via cargo-lambda + zig)
 	PATH="$(abspath $(LAMBDA_VENV))/bin:$$PATH" SAM_CLI_TELEMETRY=0 $(abspath $(SAM_VENV))/bin/sam build --config-env $(ENV) --language-extensions
 

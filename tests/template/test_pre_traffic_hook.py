@@ -209,8 +209,12 @@ def test_hook_knows_a_smoke_route_for_every_binary(load_hook, resources):
             # no DeploymentPreference, so CodeDeploy does not deploy it.
             assert "DeploymentPreference" not in r["Properties"], binary
             assert binary not in module.ROUTES, binary
-    assert len(binaries) == 16  # the 15 routes of the contract and the $default route
+    assert len(binaries) == 18  # the 17 routes of the contract and the $default route
     assert set(module.ROUTES) == set(binaries)
+    # A probe body only where the route takes one (POST), on a public route.
+    for binary in module.BODIES:
+        method, route, _params = module.ROUTES[binary]
+        assert method == "POST" and module.expected_answer(route) is None, binary
     for binary, (method, route, _params) in module.ROUTES.items():
         template_route = (binaries[binary]["Method"], binaries[binary]["Path"])
         if route == "$default":
@@ -320,6 +324,60 @@ def test_public_function_smoke_test_only_needs_no_5xx(load_hook):
     lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: api_response(404, {"error": "Flag not found"})})
     cd = FakeCodeDeploy(f"{PREFIX}get-flag", "3")
     assert run(load_hook(lam, cd), cd) == "Succeeded"
+
+
+@pytest.mark.parametrize(
+    ("binary", "route_key", "raw_path", "params", "answer"),
+    [
+        (
+            "ofrep-evaluate-flag",
+            "POST /ofrep/v1/evaluate/flags/{key}",
+            "/ofrep/v1/evaluate/flags/canary-probe",
+            {"key": "canary-probe"},
+            api_response(404, {"key": "canary-probe", "errorCode": "FLAG_NOT_FOUND"}),
+        ),
+        (
+            "ofrep-evaluate-flags",
+            "POST /ofrep/v1/evaluate/flags",
+            "/ofrep/v1/evaluate/flags",
+            None,
+            api_response(200, {"flags": []}),
+        ),
+    ],
+    ids=["one-flag", "bulk"],
+)
+def test_ofrep_smoke_test_posts_an_empty_context_without_a_token(load_hook, binary, route_key, raw_path, params, answer):
+    # Public routes (an optional bearer token, verified in the handler): any non-5xx answer is fine.
+    target = f"{PREFIX}{binary}:6"
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: answer})
+    cd = FakeCodeDeploy(f"{PREFIX}{binary}", "6")
+    assert run(load_hook(lam, cd), cd) == "Succeeded"
+    assert [c[0] for c in lam.calls] == [HEALTH_VERSION_ARN, target]
+    event = lam.calls[1][1]
+    assert event["version"] == "2.0"
+    assert (event["routeKey"], event["rawPath"]) == (route_key, raw_path)
+    assert event["requestContext"]["routeKey"] == route_key
+    assert event["requestContext"]["http"]["method"] == "POST"
+    assert event["requestContext"]["http"]["path"] == raw_path
+    assert event.get("pathParameters") == params
+    assert event["isBase64Encoded"] is False
+    assert json.loads(event["body"]) == {"context": {}}
+    assert event["headers"]["content-type"] == "application/json"
+    assert event["headers"]["content-length"] == str(len(event["body"].encode()))
+    assert "authorization" not in {k.lower() for k in event["headers"]}, "the probe must never be authorised"
+
+
+@pytest.mark.parametrize("binary", ["ofrep-evaluate-flag", "ofrep-evaluate-flags"])
+@pytest.mark.parametrize(
+    "answer",
+    [api_response(500, {"errorCode": "GENERAL", "errorDetails": "boom"}), ("error", {"errorMessage": "panic"})],
+    ids=["500", "function-error"],
+)
+def test_ofrep_function_failing_its_smoke_test_fails_the_deployment(load_hook, binary, answer):
+    target = f"{PREFIX}{binary}:6"
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: answer})
+    cd = FakeCodeDeploy(f"{PREFIX}{binary}", "6")
+    assert run(load_hook(lam, cd), cd) == "Failed"
 
 
 def test_not_found_function_answers_the_contract_404_to_an_unknown_path(load_hook):

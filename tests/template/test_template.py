@@ -33,6 +33,9 @@ ROUTES = {
     ("POST", "/admin/flags/{flagKey}/schedule"): ("admin-create-schedule", True),
     ("GET", "/admin/flags/{flagKey}/schedule"): ("admin-list-schedules", True),
     ("DELETE", "/admin/flags/{flagKey}/schedule/{scheduleId}"): ("admin-cancel-schedule", True),
+    # OpenFeature Remote Evaluation Protocol (contract 2.8): public, optional bearer token.
+    ("POST", "/ofrep/v1/evaluate/flags/{key}"): ("ofrep-evaluate-flag", False),
+    ("POST", "/ofrep/v1/evaluate/flags"): ("ofrep-evaluate-flags", False),
 }
 # The one Rust function that no route serves: EventBridge runs it every minute. It applies the
 # due flag schedules (contract 2.6), then sweeps the pending cache invalidations (contract 3.1).
@@ -238,7 +241,7 @@ def test_interface_endpoints_replace_a_nat_gateway(resources):
 
 
 def test_every_rust_function_runs_in_the_vpc(resources):
-    assert len(contract_route_functions(resources)) == 15
+    assert len(contract_route_functions(resources)) == 17
     assert set(route_functions(resources)) == set(contract_route_functions(resources)) | {NOT_FOUND}
     functions = rust_functions(resources)
     assert set(functions) == set(route_functions(resources)) | {APPLIER}
@@ -311,7 +314,7 @@ def test_one_function_and_route_per_contract_route(resources):
         assert binary == ROUTES[key][0], f"{name}: {key} must be built from {ROUTES[key][0]}"
         assert function["Properties"]["FunctionName"] == {"Fn::Sub": f"feature-flags-${{Environment}}-{binary}"}
     assert set(seen) == set(ROUTES)
-    assert len(seen) == 15
+    assert len(seen) == 17
 
 
 def test_the_template_route_table_is_the_rust_route_table(source_template, resources):
@@ -485,7 +488,7 @@ def test_not_found_function_has_no_permission(resources, transformed):
     ]
 
 
-def test_translated_api_has_the_15_routes_and_the_default_route_without_authorization(transformed):
+def test_translated_api_has_the_17_routes_and_the_default_route_without_authorization(transformed):
     apis = of_type(transformed["Resources"], "AWS::ApiGatewayV2::Api")
     assert len(apis) == 1
     body = next(iter(apis.values()))["Properties"]["Body"]
@@ -592,8 +595,8 @@ def test_rollback_alarm_thresholds(template, resources):
 def test_translated_deployment_groups_use_the_canary_alarms_and_hook(transformed):
     res = transformed["Resources"]
     groups = of_type(res, "AWS::CodeDeploy::DeploymentGroup")
-    # the 15 route functions and the $default one; the scheduled applier has no canary
-    assert len(groups) == 16
+    # the 17 route functions and the $default one; the scheduled applier has no canary
+    assert len(groups) == 18
     for name, group in groups.items():
         props = group["Properties"]
         assert props["DeploymentConfigName"] == {"Ref": "CanaryDeploymentConfig"}
@@ -602,7 +605,7 @@ def test_translated_deployment_groups_use_the_canary_alarms_and_hook(transformed
         assert len(props["AlarmConfiguration"]["Alarms"]) == (3 if name.startswith(NOT_FOUND) else 4), name
         assert "DEPLOYMENT_STOP_ON_ALARM" in props["AutoRollbackConfiguration"]["Events"]
     aliases = of_type(res, "AWS::Lambda::Alias")
-    assert len(aliases) == 16
+    assert len(aliases) == 18
     for alias in aliases.values():
         update = alias["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
         assert update["BeforeAllowTrafficHook"] == {"Ref": HOOK}
@@ -655,7 +658,7 @@ def test_the_sweeper_is_replaced_by_the_applier(resources):
     binaries = [r["Metadata"]["BuildProperties"]["Binary"] for r in rust_functions(resources).values()]
     assert "sweep-invalidations" not in binaries
     assert NOT_FOUND_BINARY in binaries
-    assert len(binaries) == len(set(binaries)) == 17  # 15 routes + not-found ($default) + the applier
+    assert len(binaries) == len(set(binaries)) == 19  # 17 routes + not-found ($default) + the applier
 
 
 def test_applier_runs_in_the_vpc_with_the_functions_security_group(resources):
@@ -935,7 +938,7 @@ def test_every_checkov_suppression_has_a_reason(request, path_fixture):
 
 def test_translated_functions_keep_json_logs_in_their_own_group(transformed):
     functions = of_type(transformed["Resources"], "AWS::Lambda::Function")
-    assert len(functions) == 18  # 15 routes + not-found ($default) + the scheduled applier + the pre-traffic hook
+    assert len(functions) == 20  # 17 routes + not-found ($default) + the scheduled applier + the pre-traffic hook
     for name, function in functions.items():
         props = function["Properties"]
         # SAM merges the global LogFormat with each function's LogGroup.
