@@ -1,4 +1,4 @@
-//! OFREP (contract §2.8) on the local server, PostgreSQL and Redis: single and bulk evaluation
+//! OFREP (contract §2.8) on the local server, PostgreSQL with Redis or the in-memory cache: single and bulk evaluation
 //! with every reason, the targeting key from the context or from a bearer token, the environment
 //! from the query or `X-Environment`, the bulk `ETag` and its 304, and the error bodies.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,9 +11,15 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-async fn start() -> Server {
-    let config = Config::new(seeded_postgres_url().await, Some(redis_url(1).await));
-    Server::start_config(config).await
+/// The tests share nothing: each has its own schema, and the one that uses Redis has Redis
+/// database 1 to itself (the snapshots are keyed by environment name only).
+async fn start(redis: bool) -> Server {
+    let redis_url = if redis {
+        Some(redis_url(1).await)
+    } else {
+        None
+    };
+    Server::start_config(Config::new(seeded_postgres_url().await, redis_url)).await
 }
 
 /// A POST to an OFREP path with `body` and extra headers; the status, JSON body and headers.
@@ -23,22 +29,10 @@ async fn post(
     body: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, Value, HeaderMap) {
-    let mut request = reqwest::Client::new()
-        .post(format!("{}{path}", server.http.base))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.unwrap();
-    let (status, headers) = (response.status(), response.headers().clone());
-    let text = response.text().await.unwrap();
-    let json = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap()
-    };
-    (status, json, headers)
+    server
+        .http
+        .call_with_headers(Method::POST, path, None, Some(body), headers)
+        .await
 }
 
 fn context(targeting_key: &str) -> String {
@@ -69,7 +63,7 @@ async fn single(
 
 #[tokio::test]
 async fn single_evaluation_reports_every_reason() {
-    let server = start().await;
+    let server = start(false).await;
     let reason = |value: bool, reason: &str| (value, reason.to_owned());
     // wishlist-reorder is on at 25 %: user-456 is bucket 15 (inside), user-123 bucket 35.
     let reorder = "wishlist-reorder";
@@ -145,7 +139,7 @@ type BadRequest = (
 
 #[tokio::test]
 async fn bad_requests_get_the_ofrep_error_codes() {
-    let server = start().await;
+    let server = start(false).await;
     let path = "/ofrep/v1/evaluate/flags/wishlist-gallery";
     let cases: [BadRequest; 6] = [
         ("{not json", &[], "PARSE_ERROR"),
@@ -175,7 +169,7 @@ async fn bad_requests_get_the_ofrep_error_codes() {
 
 #[tokio::test]
 async fn bulk_evaluation_answers_304_until_something_changes() {
-    let server = start().await;
+    let server = start(true).await;
     let path = "/ofrep/v1/evaluate/flags";
     let body = context("user-456");
     let (status, answer, headers) = post(&server, path, &body, &[]).await;
