@@ -197,8 +197,56 @@ def test_functions_egress_is_redis_postgres_and_https_to_endpoints_only(resource
         assert target in (
             {"Ref": "EndpointSecurityGroup"},
             {"Ref": "DatabaseSecurityGroupId"},
-            {"Ref": "VpcCidr"},
+            VPC_CIDR,
         ), rule
+
+
+# The CIDR that every VpcCidr use resolves to: the parameter, or, left empty (only possible
+# without VpcId, see the rule below), the created VPC's 10.40.0.0/16 of before the rule.
+VPC_CIDR = {"Fn::If": ["VpcCidrLeftEmpty", "10.40.0.0/16", {"Ref": "VpcCidr"}]}
+GIVEN_VPC = {"Fn::Not": [{"Fn::Equals": [{"Ref": "VpcId"}, ""]}]}
+
+
+def test_vpc_cidr_is_required_with_an_existing_vpc(template):
+    # CloudFormation cannot tell a parameter left at its default from one set to the same
+    # value, so VpcCidr defaults to empty and a rule refuses it empty when VpcId is given:
+    # the change set fails instead of opening 5432 (and 443) to 10.40.0.0/16 in someone's VPC.
+    param = template["Parameters"]["VpcCidr"]
+    assert param["Default"] == ""
+    assert re.fullmatch(param["AllowedPattern"], "")
+    assert re.fullmatch(param["AllowedPattern"], "172.31.0.0/16")
+    assert not re.fullmatch(param["AllowedPattern"], "172.31.0.0")
+    assert template["Conditions"]["VpcCidrLeftEmpty"] == {"Fn::Equals": [{"Ref": "VpcCidr"}, ""]}
+    rule = template["Rules"]["ExistingVpcNeedsItsCidr"]
+    assert rule["RuleCondition"] == GIVEN_VPC
+    (assertion,) = rule["Assertions"]
+    assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "VpcCidr"}, ""]}]}
+    description = assertion["AssertDescription"]
+    assert "With VpcId, give VpcCidr" in description and "10.40.0.0/16" in description
+
+
+def test_vpc_cidr_is_used_only_through_its_condition(template, resources):
+    # Every use goes through VPC_CIDR, and the created VPC keeps 10.40.0.0/16 when left empty.
+    uses = {}
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            if node == VPC_CIDR:
+                uses[where] = uses.get(where, 0) + 1
+                return
+            assert node != {"Ref": "VpcCidr"}, f"{where} uses VpcCidr without VpcCidrLeftEmpty"
+            for value in node.values():
+                walk(value, where)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, where)
+
+    for name, resource in resources.items():
+        walk(resource, name)
+    walk(template.get("Outputs", {}), "Outputs")
+    assert uses == {"Vpc": 1, "FunctionToDatabaseCidrEgress": 1, "FunctionToExistingEndpointsEgress": 1}
+    assert resources["Vpc"]["Properties"]["CidrBlock"] == VPC_CIDR
+    assert resources["Vpc"]["Condition"] == "CreateVpc"
 
 
 def test_redis_lives_in_the_private_subnets(resources):
@@ -280,6 +328,14 @@ def test_redis_size_and_optional_replica(template, resources):
     assert redis["AutomaticFailoverEnabled"] == {"Fn::If": ["HasRedisReplica", True, False]}
     assert redis["MultiAZEnabled"] == {"Fn::If": ["HasRedisReplica", True, False]}
     assert template["Parameters"]["EnableRedisReplica"]["Default"] == "false"
+    # One parameter flips the three properties, which fails as one update of an existing
+    # stack: its description points to the two-deployment procedure.
+    description = template["Parameters"]["EnableRedisReplica"]["Description"]
+    assert "Turning the Redis replica on or off" in description
+    doc = (ROOT / "docs/deployment/first-deployment.md").read_text()
+    assert "## Turning the Redis replica on or off" in doc
+    for prop in ("NumCacheClusters", "AutomaticFailoverEnabled", "MultiAZEnabled"):
+        assert prop in description and prop in doc
 
 
 def test_redis_alarms_cover_cpu_memory_evictions_and_connections(resources):
