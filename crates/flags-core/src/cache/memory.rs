@@ -89,10 +89,7 @@ impl MemoryCache {
     }
 
     fn generation(&self) -> Generation {
-        Generation {
-            fills: self.writes().count,
-            overrides_epoch: Some(0),
-        }
+        Generation::of_fills(self.writes().count)
     }
 
     /// Cached entries and their estimated bytes, after pending evictions ran (for tests).
@@ -195,10 +192,7 @@ impl FlagCache for MemoryCache {
                 .as_ref()
                 .filter(|(expires, _)| *expires > now)
                 .map(|(_, environments)| environments.as_ref().clone()),
-            generation: Generation {
-                fills: writes.count,
-                overrides_epoch: Some(0),
-            },
+            generation: Generation::of_fills(writes.count),
         })
     }
 

@@ -65,12 +65,20 @@ pub struct Generation {
     pub overrides_epoch: Option<u64>,
 }
 
-impl Default for Generation {
-    fn default() -> Self {
+impl Generation {
+    /// A generation with only a fill count: the in-memory cache, whose overrides go with every
+    /// invalidation, and the list of environments, which has no per-user values.
+    pub fn of_fills(fills: u64) -> Self {
         Self {
-            fills: 0,
+            fills,
             overrides_epoch: Some(0),
         }
+    }
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Self::of_fills(0)
     }
 }
 

@@ -293,10 +293,7 @@ impl FlagCache for RedisCache {
         });
         Ok(EnvironmentsRead {
             environments,
-            generation: Generation {
-                fills: parse_counter(text(0)).unwrap_or(0),
-                overrides_epoch: Some(0),
-            },
+            generation: Generation::of_fills(parse_counter(text(0)).unwrap_or(0)),
         })
     }
 
