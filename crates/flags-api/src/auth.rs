@@ -79,8 +79,6 @@ enum KeyOrigin {
     },
     /// A JWKS file (local runs; `flagctl` writes it).
     File(PathBuf),
-    /// Keys given once (tests); never refetched.
-    Fixed,
 }
 
 /// The last fetch attempt, serialised so that concurrent requests wait for one fetch instead of
@@ -132,10 +130,6 @@ impl TokenVerifier {
             issuer,
             client_id,
         }
-    }
-
-    pub fn with_jwks(jwks: JwkSet, issuer: impl Into<String>, client_id: Option<String>) -> Self {
-        Self::new(KeyOrigin::Fixed, Some(jwks), issuer.into(), client_id)
     }
 
     /// A JWKS file, read now and read again when a token names a key it does not hold (the
@@ -254,10 +248,6 @@ impl TokenVerifier {
                 .await
                 .map_err(|e| unavailable(&e)),
             KeyOrigin::File(path) => read_jwks_file(path),
-            KeyOrigin::Fixed => self
-                .loaded()
-                .map(|keys| keys.as_ref().clone())
-                .ok_or_else(|| unavailable(&"no keys")),
         }
     }
 
