@@ -4,13 +4,15 @@
 use flags_core::domain::{AuditEntry, Flag, OverrideType, Timestamp, UserOverride};
 use flags_core::service::{HealthReport, PageRequest, RedisStatus};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// "Flag detail": what create, update and `GET /config/flags/{flagKey}` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlagDetail<'a> {
     pub key: &'a str,
     pub enabled: bool,
+    #[schema(minimum = 0, maximum = 100)]
     pub rollout_percentage: i32,
     pub description: Option<&'a str>,
 }
@@ -27,7 +29,7 @@ impl<'a> From<&'a Flag> for FlagDetail<'a> {
 }
 
 /// One item of `GET /admin/flags`: the detail and its timestamps.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlagListItem<'a> {
     #[serde(flatten)]
@@ -46,7 +48,7 @@ impl<'a> From<&'a Flag> for FlagListItem<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pagination {
     pub page: u32,
@@ -67,7 +69,7 @@ impl Pagination {
 /// `GET /admin/flags/{flagKey}/users`: one page of overrides, split by type. An override is
 /// shown as `UserOverride` serialises (`userId`, `overrideType`, `reason`, `createdBy`,
 /// `createdAt`), as the upsert answers it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OverridesPage<'a> {
     pub includes: Vec<&'a UserOverride>,
     pub excludes: Vec<&'a UserOverride>,
@@ -91,7 +93,7 @@ impl<'a> OverridesPage<'a> {
 }
 
 /// `GET /admin/audit`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AuditPageBody<'a> {
     pub items: &'a [AuditEntry],
     pub pagination: Pagination,
@@ -99,7 +101,7 @@ pub struct AuditPageBody<'a> {
 
 /// `POST /admin/cache/invalidate`: `complete` is false when Redis stopped answering part-way;
 /// the count is still exact.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheInvalidated {
     pub invalidated_keys: u64,
@@ -107,11 +109,15 @@ pub struct CacheInvalidated {
 }
 
 /// `GET /health`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
+    #[schema(pattern = "^(ok|degraded)$")]
     pub status: &'static str,
+    #[schema(pattern = "^(redis|memory|none)$")]
     pub cache: &'static str,
+    #[schema(pattern = "^(up|down|disabled)$")]
     pub redis: &'static str,
+    #[schema(pattern = "^(up|down)$")]
     pub database: &'static str,
 }
 

@@ -10,6 +10,10 @@ use crate::bodies::{
 };
 use crate::context::AppContext;
 use crate::ofrep;
+use crate::openapi::{
+    AuditQuery, CreateFlagRequest, CreateScheduleRequest, EnvironmentQuery, ErrorBody, FlagPath,
+    PageQuery, UpdateFlagRequest, UpsertOverrideRequest, ValidationErrorBody,
+};
 use crate::routes::Route;
 use crate::validation::{
     Fields, environment, flag_target, json_object, optional_query, page_request, user_id_param,
@@ -17,7 +21,8 @@ use crate::validation::{
 };
 use flags_core::domain::{
     AuditFilter, DEFAULT_MAX_RETRIES, Environment, FlagKey, FlagPatch, MAX_DESCRIPTION_CHARS,
-    NewFlag, NewOverride, NewSchedule, OverrideType, Rollout, ScheduleUpdates, Timestamp, UserId,
+    NewFlag, NewOverride, NewSchedule, OverrideType, Rollout, Schedule, ScheduleUpdates, Timestamp,
+    UserId, UserOverride,
 };
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -52,6 +57,7 @@ async fn answer(
             Route::Health => Ok(health(ctx).await),
             Route::OfrepEvaluateFlag => ofrep::evaluate_flag(ctx, request).await,
             Route::OfrepEvaluateFlags => ofrep::evaluate_flags(ctx, request).await,
+            Route::OpenApi => Ok(openapi_document()),
             admin_route => Err(ApiError::internal(format!(
                 "{admin_route:?} reached the public dispatch"
             ))),
@@ -77,6 +83,12 @@ async fn answer(
     }
 }
 
+#[utoipa::path(get, path = "/config/flags", tag = "evaluation", summary = "Every flag, evaluated for the caller",
+    params(EnvironmentQuery),
+    responses(
+        (status = 200, description = "Every flag of the environment, evaluated for the caller (the token's `sub`; anonymous without a valid token)", body = BTreeMap<String, bool>),
+        (status = 400, description = "A bad environment name", body = ValidationErrorBody),
+    ))]
 async fn get_flags(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
     let mut errors = ValidationErrors::default();
     let env = environment(request, &mut errors);
@@ -89,6 +101,13 @@ async fn get_flags(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse
     Ok(ApiResponse::ok(json!(flags)))
 }
 
+#[utoipa::path(get, path = "/config/flags/{flagKey}", tag = "evaluation", summary = "One flag's settings",
+    params(FlagPath, EnvironmentQuery),
+    responses(
+        (status = 200, description = "The flag", body = FlagDetail),
+        (status = 400, description = "A bad flag key or environment", body = ValidationErrorBody),
+        (status = 404, description = "No such flag", body = ErrorBody),
+    ))]
 async fn get_flag(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
     let mut errors = ValidationErrors::default();
     let target = flag_target(request, &mut errors);
@@ -97,6 +116,11 @@ async fn get_flag(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse,
     Ok(ApiResponse::ok(json!(FlagDetail::from(&flag))))
 }
 
+#[utoipa::path(get, path = "/health", tag = "operations", summary = "Health of the database and the cache",
+    responses(
+        (status = 200, description = "The database answers (Redis may be down: the service still answers)", body = Health),
+        (status = 503, description = "The database does not answer", body = Health),
+    ))]
 async fn health(ctx: &AppContext) -> ApiResponse {
     let report = ctx.service.health().await;
     let status = if report.database_up {
@@ -107,6 +131,12 @@ async fn health(ctx: &AppContext) -> ApiResponse {
     ApiResponse::json(status, json!(Health::from(report)))
 }
 
+#[utoipa::path(get, path = "/admin/flags", tag = "admin", summary = "List the flags of an environment",
+    params(EnvironmentQuery),
+    responses(
+        (status = 200, description = "Every flag of the environment, by key", body = Vec<FlagListItem>),
+        (status = 400, description = "A bad environment name", body = ValidationErrorBody),
+    ))]
 async fn admin_list_flags(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
     let mut errors = ValidationErrors::default();
     let env = environment(request, &mut errors);
@@ -116,6 +146,14 @@ async fn admin_list_flags(ctx: &AppContext, request: &ApiRequest) -> Result<ApiR
     Ok(ApiResponse::ok(json!(items)))
 }
 
+#[utoipa::path(post, path = "/admin/flags", tag = "admin", summary = "Create a flag",
+    params(EnvironmentQuery),
+    request_body = CreateFlagRequest,
+    responses(
+        (status = 201, description = "Created", body = FlagDetail),
+        (status = 400, description = "Malformed JSON or bad fields, all listed", body = ValidationErrorBody),
+        (status = 409, description = "The key exists in this environment", body = ErrorBody),
+    ))]
 async fn admin_create_flag(
     ctx: &AppContext,
     request: &ApiRequest,
@@ -157,6 +195,14 @@ async fn admin_create_flag(
     ))
 }
 
+#[utoipa::path(post, path = "/admin/flags/{flagKey}", tag = "admin", summary = "Update a flag",
+    params(FlagPath, EnvironmentQuery),
+    request_body = UpdateFlagRequest,
+    responses(
+        (status = 200, description = "Updated", body = FlagDetail),
+        (status = 400, description = "Malformed JSON or bad fields, all listed", body = ValidationErrorBody),
+        (status = 404, description = "No such flag", body = ErrorBody),
+    ))]
 async fn admin_update_flag(
     ctx: &AppContext,
     request: &ApiRequest,
@@ -182,6 +228,13 @@ async fn admin_update_flag(
     Ok(ApiResponse::ok(json!(FlagDetail::from(&flag))))
 }
 
+#[utoipa::path(delete, path = "/admin/flags/{flagKey}", tag = "admin", summary = "Delete a flag",
+    params(FlagPath, EnvironmentQuery),
+    responses(
+        (status = 204, description = "Deleted, with its overrides and schedules"),
+        (status = 400, description = "A bad flag key or environment", body = ValidationErrorBody),
+        (status = 404, description = "No such flag", body = ErrorBody),
+    ))]
 async fn admin_delete_flag(
     ctx: &AppContext,
     request: &ApiRequest,
@@ -196,6 +249,16 @@ async fn admin_delete_flag(
     Ok(ApiResponse::no_content())
 }
 
+#[utoipa::path(post, path = "/admin/flags/{flagKey}/users", tag = "admin", summary = "Include or exclude a user",
+    params(FlagPath, EnvironmentQuery),
+    request_body = UpsertOverrideRequest,
+    responses(
+        (status = 201, description = "The user's override, created or replaced", body = UserOverride),
+        (status = 400, description = "Malformed JSON or bad fields, all listed", body = ValidationErrorBody),
+        (status = 404, description = "No such flag", body = ErrorBody),
+        (status = 429, description = "Too many override changes for this flag; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 async fn admin_upsert_override(
     ctx: &AppContext,
     request: &ApiRequest,
@@ -229,6 +292,15 @@ async fn admin_upsert_override(
     Ok(ApiResponse::json(StatusCode::CREATED, json!(saved)))
 }
 
+#[utoipa::path(delete, path = "/admin/flags/{flagKey}/users/{userId}", tag = "admin", summary = "Remove a user's override",
+    params(FlagPath, EnvironmentQuery, ("userId" = String, Path, description = "The user's id, percent-encoded")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A bad flag key, user id or environment", body = ValidationErrorBody),
+        (status = 404, description = "No such flag, or no override for this user", body = ErrorBody),
+        (status = 429, description = "Too many override changes for this flag; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 async fn admin_delete_override(
     ctx: &AppContext,
     request: &ApiRequest,
@@ -244,6 +316,13 @@ async fn admin_delete_override(
     Ok(ApiResponse::no_content())
 }
 
+#[utoipa::path(get, path = "/admin/flags/{flagKey}/users", tag = "admin", summary = "List a flag's overrides",
+    params(FlagPath, EnvironmentQuery, PageQuery),
+    responses(
+        (status = 200, description = "One page of the flag's overrides, newest first", body = OverridesPage),
+        (status = 400, description = "A bad flag key, environment or page", body = ValidationErrorBody),
+        (status = 404, description = "No such flag", body = ErrorBody),
+    ))]
 async fn admin_list_overrides(
     ctx: &AppContext,
     request: &ApiRequest,
@@ -257,6 +336,10 @@ async fn admin_list_overrides(
     Ok(ApiResponse::ok(json!(body)))
 }
 
+#[utoipa::path(post, path = "/admin/cache/invalidate", tag = "admin", summary = "Empty the shared cache",
+    responses(
+        (status = 200, description = "The cache keys deleted; `complete` is false when Redis stopped answering part-way", body = CacheInvalidated),
+    ))]
 async fn admin_invalidate_cache(ctx: &AppContext, admin: &Caller) -> Result<ApiResponse, ApiError> {
     let report = ctx.service.invalidate_all(Some(&admin.actor())).await?;
     Ok(ApiResponse::ok(json!(CacheInvalidated {
@@ -265,7 +348,13 @@ async fn admin_invalidate_cache(ctx: &AppContext, admin: &Caller) -> Result<ApiR
     })))
 }
 
-/// `GET /admin/audit` (contract §2.7): newest first; without `environment`, every environment.
+/// The audit log, newest first; without `environment`, every environment.
+#[utoipa::path(get, path = "/admin/audit", tag = "admin", summary = "Read the audit log",
+    params(AuditQuery, PageQuery),
+    responses(
+        (status = 200, description = "One page of the audit log, newest first", body = AuditPageBody),
+        (status = 400, description = "A bad filter or page", body = ValidationErrorBody),
+    ))]
 async fn admin_audit(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
     let mut errors = ValidationErrors::default();
     let environment = optional_query(request, "environment", Environment::parse, &mut errors);
@@ -283,7 +372,15 @@ async fn admin_audit(ctx: &AppContext, request: &ApiRequest) -> Result<ApiRespon
     })))
 }
 
-/// `POST /admin/flags/{flagKey}/schedule` (contract §2.6).
+/// Schedules a change of the flag at a future time.
+#[utoipa::path(post, path = "/admin/flags/{flagKey}/schedule", tag = "admin", summary = "Schedule a change",
+    params(FlagPath, EnvironmentQuery),
+    request_body = CreateScheduleRequest,
+    responses(
+        (status = 201, description = "Scheduled", body = Schedule),
+        (status = 400, description = "Malformed JSON or bad fields, all listed", body = ValidationErrorBody),
+        (status = 404, description = "No such flag", body = ErrorBody),
+    ))]
 async fn admin_create_schedule(
     ctx: &AppContext,
     request: &ApiRequest,
@@ -363,6 +460,13 @@ fn schedule_updates(
 }
 
 /// `GET /admin/flags/{flagKey}/schedule`: every status, by `scheduledAt`.
+#[utoipa::path(get, path = "/admin/flags/{flagKey}/schedule", tag = "admin", summary = "List a flag's schedules",
+    params(FlagPath, EnvironmentQuery),
+    responses(
+        (status = 200, description = "The flag's schedules, every status, by `scheduledAt`", body = Vec<Schedule>),
+        (status = 400, description = "A bad flag key or environment", body = ValidationErrorBody),
+        (status = 404, description = "No such flag", body = ErrorBody),
+    ))]
 async fn admin_list_schedules(
     ctx: &AppContext,
     request: &ApiRequest,
@@ -376,6 +480,13 @@ async fn admin_list_schedules(
 
 /// `DELETE /admin/flags/{flagKey}/schedule/{scheduleId}`: a pending schedule (also one waiting
 /// for a retry) becomes `cancelled`.
+#[utoipa::path(delete, path = "/admin/flags/{flagKey}/schedule/{scheduleId}", tag = "admin", summary = "Cancel a pending schedule",
+    params(FlagPath, EnvironmentQuery, ("scheduleId" = String, Path, format = "uuid")),
+    responses(
+        (status = 200, description = "Cancelled", body = Schedule),
+        (status = 400, description = "A bad flag key or environment, or the schedule is no longer pending", body = ErrorBody),
+        (status = 404, description = "No such flag or schedule", body = ErrorBody),
+    ))]
 async fn admin_cancel_schedule(
     ctx: &AppContext,
     request: &ApiRequest,
@@ -394,4 +505,11 @@ async fn admin_cancel_schedule(
         .cancel_schedule(&env, &key, id, Some(&admin.actor()))
         .await?;
     Ok(ApiResponse::ok(json!(schedule)))
+}
+
+/// This document. It is built in, so it needs neither the database nor Redis.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", summary = "This OpenAPI document",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object)))]
+pub fn openapi_document() -> ApiResponse {
+    ApiResponse::ok(crate::openapi::document().clone())
 }

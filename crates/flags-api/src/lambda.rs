@@ -45,15 +45,27 @@ pub async fn run(route: Route) -> Result<(), lambda_http::Error> {
 }
 
 /// The runtime loop of the `$default` route: a request that matches no route gets the
-/// contract's 404 body instead of API Gateway's own `{"message":"Not Found"}`. It reads no
-/// configuration and opens no connection, so it cannot fail for want of either.
+/// contract's 404 body instead of API Gateway's own `{"message":"Not Found"}`.
 pub async fn run_not_found() -> Result<(), lambda_http::Error> {
+    run_without_io("no route", || ApiError::RouteNotFound.into_response()).await
+}
+
+/// The runtime loop of `GET /openapi.json`: the document is built in.
+pub async fn run_openapi() -> Result<(), lambda_http::Error> {
+    run_without_io("openapi", crate::handlers::openapi_document).await
+}
+
+/// A function that reads no configuration and opens no connection, so that it cannot fail for
+/// want of either: every request gets `answer()`.
+async fn run_without_io(
+    what: &'static str,
+    answer: fn() -> crate::api::ApiResponse,
+) -> Result<(), lambda_http::Error> {
     telemetry::init(LogFormat::Json);
-    lambda_http::run(service_fn(|event: Request| async move {
-        tracing::info!(method = %event.method(), path = event.uri().path(), status = 404, "no route");
-        Ok::<_, std::convert::Infallible>(
-            ApiError::RouteNotFound.into_response().into_http::<Body>(),
-        )
+    lambda_http::run(service_fn(move |event: Request| async move {
+        let response = answer();
+        tracing::info!(method = %event.method(), path = event.uri().path(), status = response.status.as_u16(), "{what}");
+        Ok::<_, std::convert::Infallible>(response.into_http::<Body>())
     }))
     .await
 }

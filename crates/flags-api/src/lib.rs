@@ -9,6 +9,7 @@ pub mod context;
 pub mod handlers;
 pub mod lambda;
 pub mod ofrep;
+pub mod openapi;
 pub mod routes;
 pub mod validation;
 

@@ -5,6 +5,7 @@
 use crate::api::{ApiError, ApiRequest, ApiResponse};
 use crate::auth::optional_caller;
 use crate::context::AppContext;
+use crate::openapi::{EnvironmentQuery, OfrepErrorBody, OfrepRequest};
 use flags_core::domain::{
     Environment, EvaluationContext, Flag, FlagKey, FlagSet, UserId, UserOverrides,
     evaluate_with_reason,
@@ -13,29 +14,50 @@ use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 /// The header OFREP clients can set when they cannot add a query parameter.
 const ENVIRONMENT_HEADER: &str = "x-environment";
 
 /// One evaluated flag, as OFREP's `evaluationSuccess`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Evaluation<'a> {
     pub key: &'a str,
     pub value: bool,
     /// Always present: OpenFeature SDKs report it, and a boolean flag has two.
+    #[schema(pattern = "^(on|off)$")]
     pub variant: &'static str,
+    #[schema(pattern = "^(DISABLED|TARGETING_MATCH|STATIC|SPLIT|DEFAULT)$")]
     pub reason: &'static str,
     pub metadata: Metadata<'a>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata<'a> {
     pub environment: &'a str,
     pub rollout_percentage: i32,
 }
 
+/// `POST /ofrep/v1/evaluate/flags`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkEvaluation<'a> {
+    pub flags: Vec<Evaluation<'a>>,
+}
+
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
+#[utoipa::path(post, path = "/ofrep/v1/evaluate/flags/{key}", tag = "openfeature", summary = "OFREP: evaluate one flag",
+    params(
+        ("key" = String, Path, description = "The flag key"),
+        EnvironmentQuery,
+        ("X-Environment" = Option<String>, Header, description = "The environment, when the query does not name one"),
+    ),
+    request_body(content = Option<OfrepRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The flag, evaluated for the context's `targetingKey` (else the token's `sub`)", body = Evaluation),
+        (status = 400, description = "`PARSE_ERROR` or `INVALID_CONTEXT`", body = OfrepErrorBody),
+        (status = 404, description = "`FLAG_NOT_FOUND`", body = OfrepErrorBody),
+    ))]
 pub async fn evaluate_flag(
     ctx: &AppContext,
     request: &ApiRequest,
@@ -66,6 +88,20 @@ pub async fn evaluate_flag(
 
 /// `POST /ofrep/v1/evaluate/flags`: every flag of the environment, with an `ETag` over the flag
 /// state and the context; `If-None-Match` with the current one is a 304 without a body.
+#[utoipa::path(post, path = "/ofrep/v1/evaluate/flags", tag = "openfeature", summary = "OFREP: evaluate every flag",
+    params(
+        EnvironmentQuery,
+        ("X-Environment" = Option<String>, Header, description = "The environment, when the query does not name one"),
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of the copy the client holds"),
+    ),
+    request_body(content = Option<OfrepRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every flag of the environment, evaluated", body = BulkEvaluation,
+            headers(("ETag" = String, description = "Covers the flag state and the context"))),
+        (status = 304, description = "The client's copy (`If-None-Match`) is current",
+            headers(("ETag" = String, description = "The current one"))),
+        (status = 400, description = "`PARSE_ERROR` or `INVALID_CONTEXT`", body = OfrepErrorBody),
+    ))]
 pub async fn evaluate_flags(
     ctx: &AppContext,
     request: &ApiRequest,
@@ -86,7 +122,7 @@ pub async fn evaluate_flags(
             .values()
             .map(|flag| evaluation(flag, targeting_key.as_deref(), &overrides))
             .collect();
-        ApiResponse::ok(json!({ "flags": evaluations }))
+        ApiResponse::ok(json!(BulkEvaluation { flags: evaluations }))
     };
     if let Ok(value) = HeaderValue::from_str(&etag) {
         response.headers.insert(header::ETAG, value);

@@ -22,10 +22,11 @@ pub enum Route {
     AdminCancelSchedule,
     OfrepEvaluateFlag,
     OfrepEvaluateFlags,
+    OpenApi,
 }
 
 impl Route {
-    pub const ALL: [Route; 17] = [
+    pub const ALL: [Route; 18] = [
         Route::GetFlags,
         Route::GetFlag,
         Route::Health,
@@ -43,6 +44,7 @@ impl Route {
         Route::AdminCancelSchedule,
         Route::OfrepEvaluateFlag,
         Route::OfrepEvaluateFlags,
+        Route::OpenApi,
     ];
 
     /// Method and path template as API Gateway routes them.
@@ -68,6 +70,7 @@ impl Route {
             ),
             Self::OfrepEvaluateFlag => (Method::POST, "/ofrep/v1/evaluate/flags/{key}"),
             Self::OfrepEvaluateFlags => (Method::POST, "/ofrep/v1/evaluate/flags"),
+            Self::OpenApi => (Method::GET, "/openapi.json"),
         }
     }
 
@@ -91,11 +94,18 @@ impl Route {
             Self::AdminCancelSchedule => "admin-cancel-schedule",
             Self::OfrepEvaluateFlag => "ofrep-evaluate-flag",
             Self::OfrepEvaluateFlags => "ofrep-evaluate-flags",
+            Self::OpenApi => "openapi",
         }
     }
 
     pub fn is_admin(self) -> bool {
         self.spec().1.starts_with("/admin/")
+    }
+
+    /// Whether answering needs the database (and so can fail with a 500); `/health` reports a
+    /// database outage as its own 503, and the OpenAPI document is built in.
+    pub fn uses_database(self) -> bool {
+        !matches!(self, Self::Health | Self::OpenApi)
     }
 
     /// Finds the route for a method and a path whose segments are already percent-decoded,

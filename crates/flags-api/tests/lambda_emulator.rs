@@ -65,6 +65,7 @@ fn release_binary(function: &str) -> &'static str {
         "not-found" => env!("CARGO_BIN_EXE_not-found"),
         "ofrep-evaluate-flag" => env!("CARGO_BIN_EXE_ofrep-evaluate-flag"),
         "ofrep-evaluate-flags" => env!("CARGO_BIN_EXE_ofrep-evaluate-flags"),
+        "openapi" => env!("CARGO_BIN_EXE_openapi"),
         other => panic!("no function binary named {other}"),
     }
 }
@@ -905,6 +906,15 @@ async fn the_default_route_answers_the_contract_404() {
         assert_eq!(status(&response), 404, "{response}");
         assert_eq!(body(&response), json!({"error": "Not found"}));
     }
+}
+
+/// `GET /openapi.json`'s function: the built-in document, with no configuration at all.
+#[tokio::test]
+async fn the_openapi_function_serves_the_document_without_configuration() {
+    let lambda = Lambda::start("openapi", &[]);
+    let response = lambda.invoke_ok(&event("openapi")).await;
+    assert_eq!(status(&response), 200, "{response}");
+    assert_eq!(&body(&response), flags_api::openapi::document());
 }
 
 #[tokio::test]

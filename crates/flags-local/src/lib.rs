@@ -2,6 +2,7 @@
 //! Lambda functions), the local token issuer, configuration with embedded defaults, and the
 //! demo data. The `flagctl` binary is the command line over all of it.
 
+pub mod cors;
 pub mod keys;
 pub mod seed;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The local HTTP server: API Gateway's part played locally. It routes every contract path
 //! (also under `/api`) to the very same handler functions the Lambda binaries call.
 
+use crate::cors::{AllowedOrigins, preflight_no_content};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -38,13 +39,19 @@ pub fn spawn_background_work(
     })
 }
 
-/// Serves until `shutdown` completes, then finishes in-flight requests and returns.
+/// Serves until `shutdown` completes, then finishes in-flight requests and returns. Browsers on
+/// `cors` origins may call it.
 pub async fn serve(
     listener: TcpListener,
     context: Arc<AppContext>,
+    cors: AllowedOrigins,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new().fallback(dispatch).with_state(context);
+    let app = Router::new()
+        .fallback(dispatch)
+        .with_state(context)
+        .layer(cors.layer())
+        .layer(axum::middleware::from_fn(preflight_no_content));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

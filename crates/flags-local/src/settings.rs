@@ -1,6 +1,7 @@
 //! Local configuration: `.env.local` (if present) and the environment, with embedded defaults
 //! so that `make run` works with nothing installed but Rust.
 
+use crate::cors::{AllowedOrigins, DEFAULT_ALLOWED_ORIGINS};
 use flags_api::AuthConfig;
 use flags_core::Config;
 use flags_core::config::{ConfigError, redact_url};
@@ -23,6 +24,8 @@ pub struct LocalSettings {
     /// Token verification when `COGNITO_USER_POOL_ID` (or `AUTH_JWKS_FILE`) is set; `None`
     /// means the local key pair's JWKS.
     pub auth: Option<AuthConfig>,
+    /// `CORS_ALLOWED_ORIGINS`: the origins browsers may call from.
+    pub cors_allowed_origins: AllowedOrigins,
 }
 
 impl LocalSettings {
@@ -66,12 +69,18 @@ impl LocalSettings {
             AuthConfig::Disabled => None,
             configured => Some(configured),
         };
+        let cors_allowed_origins = AllowedOrigins::parse(
+            get("CORS_ALLOWED_ORIGINS")
+                .as_deref()
+                .unwrap_or(DEFAULT_ALLOWED_ORIGINS),
+        )?;
         Ok(Self {
             config,
             port,
             data_dir,
             poll_interval,
             auth,
+            cors_allowed_origins,
         })
     }
 
@@ -124,6 +133,12 @@ mod tests {
         assert!(settings.config.redis.is_none());
         assert_eq!(settings.poll_interval, Duration::from_secs(1));
         assert_eq!(settings.auth, None);
+        assert!(
+            settings
+                .cors_allowed_origins
+                .allows("http://localhost:5173")
+        );
+        assert!(!settings.cors_allowed_origins.allows("https://example.com"));
     }
 
     #[test]

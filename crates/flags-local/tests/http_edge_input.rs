@@ -244,3 +244,100 @@ async fn a_rotated_signing_key_is_accepted_after_one_jwks_reread() {
     assert_eq!(body["message"], "Invalid or expired token");
     server.shutdown().await;
 }
+
+/// CORS (the local server's default origins): a preflight from an allowed origin is answered
+/// 204 with the methods, headers and credentials a browser needs; one from a refused origin is
+/// answered without them, so the browser refuses; real answers carry the origin only when it is
+/// allowed, and expose the `ETag` OFREP clients compare.
+#[tokio::test]
+async fn cors_preflight_from_an_allowed_and_a_refused_origin() {
+    let server = start(seeded_sqlite_url().await).await;
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(
+                Method::OPTIONS,
+                format!("{}/ofrep/v1/evaluate/flags", server.http.base),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,authorization,if-none-match,x-environment",
+            )
+            .send()
+    };
+
+    let allowed = preflight("http://localhost:5173").await.unwrap();
+    assert_eq!(allowed.status(), StatusCode::NO_CONTENT);
+    let headers = allowed.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    let methods = headers["access-control-allow-methods"].to_str().unwrap();
+    for method in ["GET", "POST", "DELETE"] {
+        assert!(methods.contains(method), "{methods}");
+    }
+    let allowed_headers = headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    for header in [
+        "authorization",
+        "content-type",
+        "if-none-match",
+        "x-environment",
+    ] {
+        assert!(allowed_headers.contains(header), "{allowed_headers}");
+    }
+
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::NO_CONTENT);
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    for (origin, echoed) in [
+        ("http://127.0.0.1:8080", true),
+        ("https://evil.example", false),
+    ] {
+        let answer = client
+            .post(format!("{}/ofrep/v1/evaluate/flags", server.http.base))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let headers = answer.headers();
+        assert_eq!(
+            headers.get("access-control-allow-origin").is_some(),
+            echoed,
+            "{origin}"
+        );
+        if echoed {
+            assert_eq!(headers["access-control-allow-origin"], origin);
+            let exposed = headers["access-control-expose-headers"]
+                .to_str()
+                .unwrap()
+                .to_lowercase();
+            assert!(exposed.contains("etag"), "{exposed}");
+        }
+    }
+}
+
+/// `GET /openapi.json` serves the document every route is described in, without the database.
+#[tokio::test]
+async fn the_openapi_document_is_served() {
+    let server = start(seeded_sqlite_url().await).await;
+    let (status, document) = server.http.get("/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document["openapi"], "3.1.0");
+    assert_eq!(&document, flags_api::openapi::document());
+    let (status, same) = server.http.get("/api/openapi.json", None).await;
+    assert_eq!((status, same), (StatusCode::OK, document));
+}

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// The admin behind a change, from a verified token; `None` in an entry means the system.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Actor {
     pub sub: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,7 +61,7 @@ impl AuditAction {
 }
 
 /// One row of the audit log as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: Timestamp,
@@ -70,7 +70,10 @@ pub struct AuditEntry {
     #[serde(rename = "flagKey")]
     pub flag_key: Option<String>,
     pub actor: Option<Actor>,
+    /// The flag, override or schedule before the change (`null` when it did not exist).
+    #[schema(value_type = Option<Object>)]
     pub before: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     pub after: Option<Value>,
 }
 

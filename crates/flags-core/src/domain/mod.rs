@@ -69,7 +69,7 @@ pub struct FlagPatch {
     pub description: Option<Option<String>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OverrideType {
     Include,
@@ -93,8 +93,8 @@ impl OverrideType {
     }
 }
 
-/// A per-user override of one flag (contract §1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A per-user override of one flag: `include` turns it on for the user, `exclude` off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserOverride {
     pub user_id: String,

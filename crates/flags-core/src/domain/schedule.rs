@@ -14,7 +14,7 @@ pub const APPLY_BATCH: u32 = 100;
 /// The random delay added to every retry, so that failures do not retry in lockstep.
 pub const RETRY_JITTER_MAX: TimeDelta = TimeDelta::seconds(30);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleStatus {
     /// Waiting for its time, or for a retry.
@@ -43,9 +43,12 @@ impl ScheduleStatus {
 }
 
 /// What a schedule changes: a subset of a flag update, at least one field set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// In the API (and the OpenAPI document) `{"enabled"?, "rolloutPercentage"?}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct ScheduleUpdates {
+    #[schema(value_type = bool, required = false)]
     pub enabled: Option<bool>,
+    #[schema(rename = "rolloutPercentage", value_type = i32, minimum = 0, maximum = 100, required = false)]
     pub rollout: Option<Rollout>,
 }
 
@@ -92,10 +95,11 @@ impl ScheduleUpdates {
     }
 }
 
-/// A schedule as stored and as the API shows it (contract §2.6 field names).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A scheduled change of a flag, as stored and as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Schedule {
+    #[schema(value_type = String, format = "uuid")]
     pub id: Uuid,
     pub flag_key: String,
     #[serde(skip)]

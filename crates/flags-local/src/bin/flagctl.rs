@@ -39,6 +39,8 @@ enum Command {
     Migrate,
     /// Create the demo flags (production and development) that do not exist yet.
     Seed,
+    /// Print the OpenAPI 3.1 document that `GET /openapi.json` serves (`make openapi`).
+    Openapi,
     /// Scheduled flag changes: what is due, and applying it.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
@@ -65,6 +67,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> Result<(), String> {
+    if let Command::Openapi = command {
+        print!("{}", flags_api::openapi::document_pretty());
+        return Ok(());
+    }
     let settings = LocalSettings::load().map_err(|e| e.to_string())?;
     match command {
         Command::Token { sub, groups, ttl } => {
@@ -90,6 +96,7 @@ async fn run(command: Command) -> Result<(), String> {
             println!("{created} demo flags created");
         }
         Command::Serve => serve(settings).await?,
+        Command::Openapi => unreachable!("answered before the settings are read"),
         Command::Schedules(command) => {
             let (context, _) = flags_local::local_context(&settings).await?;
             match command {
@@ -159,7 +166,8 @@ async fn serve(settings: LocalSettings) -> Result<(), String> {
     println!("  Ctrl-C stops the server.");
     let background =
         flags_local::server::spawn_background_work(context.service.clone(), settings.poll_interval);
-    flags_local::server::serve(listener, context.clone(), shutdown_signal())
+    let cors = settings.cors_allowed_origins.clone();
+    flags_local::server::serve(listener, context.clone(), cors, shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
     background.abort();

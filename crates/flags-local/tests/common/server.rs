@@ -105,9 +105,13 @@ impl Server {
             .unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let cors =
+            flags_local::cors::AllowedOrigins::parse(flags_local::cors::DEFAULT_ALLOWED_ORIGINS)
+                .unwrap();
         tokio::spawn(flags_local::server::serve(
             listener,
             context.clone(),
+            cors,
             async move {
                 let _ = stopped.await;
             },
