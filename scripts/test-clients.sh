@@ -37,14 +37,14 @@ die() { printf 'test-clients: %s\n' "$*" >&2; exit 1; }
 
 # --- tools ---------------------------------------------------------------------------------------
 
-# A stamp holds the hash of the files that pin the tools (and of the interpreter's version): the
-# venv or node_modules is rebuilt only when that changes.
-stamp_of() { { cat "$@"; "$PYTHON" --version 2>&1; node --version 2>&1 || true; } | sha256sum | cut -d' ' -f1; }
+# A stamp holds the hash of the files that pin the tools and of the interpreter's version (the
+# first argument): the venv or node_modules is rebuilt only when that changes.
+stamp_of() { { "$1" --version 2>&1; shift; cat "$@"; } | sha256sum | cut -d' ' -f1; }
 
 install_python() {
   command -v "$PYTHON" >/dev/null || die "$PYTHON is required"
   local want have=''
-  want=$(stamp_of "$PY_SRC" "$PY_LOCK")
+  want=$(stamp_of "$PYTHON" "$PY_SRC" "$PY_LOCK")
   [ -f "$PY_VENV/.installed" ] && have=$(cat "$PY_VENV/.installed")
   if [ "$want" = "$have" ] && [ -x "$PY_VENV/bin/pytest" ] && [ -x "$PY_VENV/bin/schemathesis" ]; then
     return 0
@@ -61,7 +61,7 @@ install_python() {
 install_node() {
   command -v node >/dev/null && command -v npm >/dev/null || die "Node.js and npm are required"
   local want have=''
-  want=$(stamp_of "$NODE_SRC/package.json" "$NODE_SRC/package-lock.json")
+  want=$(stamp_of node "$NODE_SRC/package.json" "$NODE_SRC/package-lock.json")
   [ -f "$NODE_DIR/.installed" ] && have=$(cat "$NODE_DIR/.installed")
   if [ "$want" != "$have" ] || [ ! -d "$NODE_DIR/node_modules/@openfeature/web-sdk" ]; then
     log "$NODE_DIR: npm ci (@openfeature server and web SDKs, OFREP providers)"
@@ -150,12 +150,16 @@ log "flagctl serve on 127.0.0.1:$PORT (SQLite in $DATA_DIR, in-memory cache)"
 SERVER_PID=$!
 
 export FLAGS_URL="http://127.0.0.1:$PORT"
-for _ in $(seq 1 300); do
+healthy() {
+  "$PY_VENV/bin/python" -c 'import sys, urllib.request
+sys.exit(urllib.request.urlopen(sys.argv[1], timeout=2).status != 200)' "$FLAGS_URL/health" 2>/dev/null
+}
+deadline=$((SECONDS + 30))
+until healthy; do
   kill -0 "$SERVER_PID" 2>/dev/null || die "flagctl serve exited before it was ready"
-  if curl -fsS -o /dev/null "$FLAGS_URL/health" 2>/dev/null; then break; fi
+  [ "$SECONDS" -lt "$deadline" ] || die "flagctl serve not ready after 30 s"
   sleep 0.1
 done
-curl -fsS -o /dev/null "$FLAGS_URL/health" || die "flagctl serve not ready after 30 s"
 
 # An admin token for the admin API, and user tokens ({"sub": "token"}) for the service's own
 # GET /config/flags, which the tests use as the oracle of who is inside a partial rollout. At
