@@ -139,12 +139,12 @@ PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)
 # the working directory is the data folder), SQLite there, no REDIS_URL (in-memory cache).
 # `exec`: the background job's pid is the server's own, which the trap kills.
 flagctl() {
-  (cd "$DATA_DIR" && exec env -i PATH="$PATH" HOME="${HOME:-/tmp}" PORT="$PORT" \
+  (cd "$DATA_DIR" && exec env -i PATH="$PATH" HOME="${HOME:-/tmp}" NO_COLOR=1 PORT="$PORT" \
     FLAGS_DATA_DIR="$DATA_DIR" RUST_LOG="${CLIENTS_RUST_LOG:-info}" "$FLAGCTL" "$@")
 }
 
 log "flagctl serve on 127.0.0.1:$PORT (SQLite in $DATA_DIR, in-memory cache)"
-(cd "$DATA_DIR" && exec env -i PATH="$PATH" HOME="${HOME:-/tmp}" PORT="$PORT" \
+(cd "$DATA_DIR" && exec env -i PATH="$PATH" HOME="${HOME:-/tmp}" NO_COLOR=1 PORT="$PORT" \
   FLAGS_DATA_DIR="$DATA_DIR" RUST_LOG="${CLIENTS_RUST_LOG:-info}" "$FLAGCTL" serve) \
   > "$SERVER_LOG" 2>&1 < /dev/null &
 SERVER_PID=$!
