@@ -8,7 +8,7 @@ export REDIS_URL_TEST ?= redis://127.0.0.1:6379
 
 TEST_TOOLS := .tools/test
 
-.PHONY: help run test lint fmt services tools-test load loadbench faults coldstart bench
+.PHONY: help run test test-clients lint fmt services tools-test load loadbench faults coldstart bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -33,7 +33,13 @@ test: services tools-test ## Run the whole test suite against real PostgreSQL an
 	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) \
 	  cargo test --release --workspace --locked --lib --test '*' 2>&1 | tee target/test.log
 	@if [ -d tests/template ]; then $(MAKE) --no-print-directory test-template 2>&1 | tee target/test-template.log; fi
-	@echo; echo "Tests by backend:"; scripts/test-summary.sh target/test.log target/test-template.log
+	$(MAKE) --no-print-directory test-clients 2>&1 | tee target/test-clients.log
+	@echo; echo "Tests by backend:"; scripts/test-summary.sh target/test.log target/test-template.log target/test-clients.log
+
+# The release flagctl that `make test` built (built here only when missing; FLAGCTL=path for another).
+test-clients: ## Run the OpenFeature providers (Python, Node) and schemathesis against a local flagctl serve
+	@if [ -z "$${FLAGCTL:-}" ] && [ ! -x target/release/flagctl ]; then cargo build --release --locked -p flags-local --bin flagctl; fi
+	scripts/test-clients.sh
 
 # --release: clippy then shares build scripts and proc-macros (aws-lc, SQLite C builds) with `make test`.
 lint: ## rustfmt check and clippy with warnings denied
