@@ -8,7 +8,7 @@ export REDIS_URL_TEST ?= redis://127.0.0.1:6379
 
 TEST_TOOLS := .tools/test
 
-.PHONY: help run test test-clients lint fmt services tools-test load loadbench faults coldstart bench
+.PHONY: help run test test-clients openapi lint fmt services tools-test load loadbench faults coldstart bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -38,8 +38,13 @@ test: services tools-test ## Run the whole test suite against real PostgreSQL an
 
 # The release flagctl that `make test` built (built here only when missing; FLAGCTL=path for another).
 test-clients: ## Run the OpenFeature providers (Python, Node) and schemathesis against a local flagctl serve
-	@if [ -z "$${FLAGCTL:-}" ] && [ ! -x target/release/flagctl ]; then cargo build --release --locked -p flags-local --bin flagctl; fi
+	@if [ -z "$${FLAGCTL:-}" ] && [ ! -x target/release/flagctl ]; then cargo build --release --locked --workspace --bin flagctl; fi
 	scripts/test-clients.sh
+
+# --workspace: the features (and so the artifacts) of `make test`'s build.
+openapi: ## Write docs/openapi.json: the OpenAPI 3.1 document GET /openapi.json serves
+	cargo build --release --locked --workspace --bin flagctl
+	target/release/flagctl openapi > docs/openapi.json
 
 # --release: clippy then shares build scripts and proc-macros (aws-lc, SQLite C builds) with `make test`.
 lint: ## rustfmt check and clippy with warnings denied

@@ -128,7 +128,7 @@ install_node
 # --- the server ----------------------------------------------------------------------------------
 
 FLAGCTL=${FLAGCTL:-target/release/flagctl}
-[ -x "$FLAGCTL" ] || die "$FLAGCTL not found: build it (cargo build --release -p flags-local --bin flagctl) or set FLAGCTL"
+[ -x "$FLAGCTL" ] || die "$FLAGCTL not found: build it (make test-clients builds it) or set FLAGCTL"
 FLAGCTL=$(cd "$(dirname "$FLAGCTL")" && pwd)/$(basename "$FLAGCTL")
 
 DATA_DIR=$(mktemp -d "${TMPDIR:-/tmp}/flags-clients.XXXXXX")
