@@ -64,8 +64,12 @@ class _NoManagedPolicies:
         return {}
 
 
-def translate(template: dict) -> dict:
-    """The SAM translation of an (expanded) template, as `sam validate` would do it."""
+def translate(template: dict, parameters: dict | None = None) -> dict:
+    """The SAM translation of an (expanded) template, as `sam validate` would do it.
+
+    `parameters` are stack parameter values, as CloudFormation hands them to the transform
+    (a CommaDelimitedList as a list); the others keep their defaults.
+    """
     from samtranslator.translator.transform import transform
 
     sam = copy.deepcopy(template)
@@ -78,7 +82,7 @@ def translate(template: dict) -> dict:
     try:
         return transform(
             sam,
-            {"AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws"},
+            {"AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws", **(parameters or {})},
             _NoManagedPolicies(),
         )
     finally:

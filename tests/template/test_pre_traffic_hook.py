@@ -209,7 +209,7 @@ def test_hook_knows_a_smoke_route_for_every_binary(load_hook, resources):
             # no DeploymentPreference, so CodeDeploy does not deploy it.
             assert "DeploymentPreference" not in r["Properties"], binary
             assert binary not in module.ROUTES, binary
-    assert len(binaries) == 18  # the 17 routes of the contract and the $default route
+    assert len(binaries) == 19  # the 18 routes of the contract and the $default route
     assert set(module.ROUTES) == set(binaries)
     # A probe body only where the route takes one (POST), on a public route.
     for binary in module.BODIES:

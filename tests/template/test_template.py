@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+from conftest import translate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +37,8 @@ ROUTES = {
     # OpenFeature Remote Evaluation Protocol (contract 2.8): public, optional bearer token.
     ("POST", "/ofrep/v1/evaluate/flags/{key}"): ("ofrep-evaluate-flag", False),
     ("POST", "/ofrep/v1/evaluate/flags"): ("ofrep-evaluate-flags", False),
+    # The OpenAPI document of every route (contract 2.9): public, built into the binary.
+    ("GET", "/openapi.json"): ("openapi", False),
 }
 # The one Rust function that no route serves: EventBridge runs it every minute. It applies the
 # due flag schedules (contract 2.6), then sweeps the pending cache invalidations (contract 3.1).
@@ -48,6 +51,14 @@ NOT_FOUND_BINARY = "not-found"
 # SAM's spelling of the $default route on an HttpApi event, and what it becomes in the API's body.
 DEFAULT_ROUTE_EVENT = ("ANY", "$default")
 DEFAULT_ROUTE_OPERATION = ("X-AMAZON-APIGATEWAY-ANY-METHOD", "/$default")
+# The functions that do no I/O (no SSM, no database, no Redis, no token): the $default function
+# and GET /openapi.json, whose document is built into its binary. Their rows of the route table
+# carry the same three exceptions (RuntimePolicy: 0, CacheOutcomes: [], CacheRollbackAlarm: 0;
+# test_the_io_free_functions_are_the_rows_with_the_three_exceptions), and where a test departs
+# from the route functions' pattern for them, it says why. Named here rather than read from the
+# table, so that an exception added to another row fails instead of excusing itself.
+IO_FREE = {NOT_FOUND, "OpenApiFunction"}
+IO_FREE_EXCEPTIONS = {"RuntimePolicy": 0, "CacheOutcomes": [], "CacheRollbackAlarm": 0}
 COST_TAGS = {"Service": "ElastiCache", "Feature": "FeatureFlags", "Environment": {"Ref": "Environment"}}
 OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
 HOOK = "PreTrafficHookFunction"
@@ -124,6 +135,64 @@ def is_open(rule: dict) -> bool:
 def param_default(template: dict, ref: dict):
     assert set(ref) == {"Ref"}, ref
     return template["Parameters"][ref["Ref"]]["Default"]
+
+
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+def evaluate(template: dict, node, parameters: dict):
+    """A condition (or rule assertion) of the template, evaluated as CloudFormation would for
+    these parameter values, the defaults for the others (a CommaDelimitedList as a list)."""
+
+    def value(node):
+        if isinstance(node, list):
+            return [value(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ((function, argument),) = node.items()
+        if function == "Ref":
+            if argument in parameters:
+                return parameters[argument]
+            parameter = template["Parameters"][argument]
+            if parameter["Type"] == "CommaDelimitedList":
+                return [item.strip() for item in parameter["Default"].split(",")]
+            return parameter["Default"]
+        if function == "Condition":
+            return value(template["Conditions"][argument])
+        if function == "Fn::Not":
+            (operand,) = argument
+            return not value(operand)
+        if function == "Fn::And":
+            return all(value(operand) for operand in argument)
+        if function == "Fn::Or":
+            return any(value(operand) for operand in argument)
+        if function == "Fn::Equals":
+            left, right = argument
+            return value(left) == value(right)
+        if function == "Fn::Join":
+            separator, items = argument
+            return separator.join(value(items))
+        if function == "Fn::Contains":
+            items, item = argument
+            return value(item) in value(items)
+        raise AssertionError(f"{function} is not evaluated here")
+
+    return value(node)
+
+
+def deployed(node, template: dict, parameters: dict):
+    """`node` with its Fn::If resolved for these parameter values and AWS::NoValue removed."""
+    if isinstance(node, list):
+        items = (deployed(item, template, parameters) for item in node)
+        return [item for item in items if item != NO_VALUE]
+    if not isinstance(node, dict):
+        return node
+    if set(node) == {"Fn::If"}:
+        condition, if_true, if_false = node["Fn::If"]
+        holds = evaluate(template, template["Conditions"][condition], parameters)
+        return deployed(if_true if holds else if_false, template, parameters)
+    values = {key: deployed(value, template, parameters) for key, value in node.items()}
+    return {key: value for key, value in values.items() if value != NO_VALUE}
 
 
 def rust_routes() -> dict:
@@ -289,12 +358,12 @@ def test_interface_endpoints_replace_a_nat_gateway(resources):
 
 
 def test_every_rust_function_runs_in_the_vpc(resources):
-    assert len(contract_route_functions(resources)) == 17
+    assert len(contract_route_functions(resources)) == 18
     assert set(route_functions(resources)) == set(contract_route_functions(resources)) | {NOT_FOUND}
     functions = rust_functions(resources)
     assert set(functions) == set(route_functions(resources)) | {APPLIER}
-    # The not-found function needs no network at all, and is in the VPC anyway: no internet
-    # egress, and the same subnets and group as the others, so no extra ENI.
+    # The I/O-free functions (not-found, openapi) need no network at all, and are in the VPC
+    # anyway: no internet egress, and the same subnets and group as the others, so no extra ENI.
     for name, function in functions.items():
         vpc = function["Properties"].get("VpcConfig")
         assert vpc, f"{name} has no VpcConfig"
@@ -370,7 +439,7 @@ def test_one_function_and_route_per_contract_route(resources):
         assert binary == ROUTES[key][0], f"{name}: {key} must be built from {ROUTES[key][0]}"
         assert function["Properties"]["FunctionName"] == {"Fn::Sub": f"feature-flags-${{Environment}}-{binary}"}
     assert set(seen) == set(ROUTES)
-    assert len(seen) == 17
+    assert len(seen) == 18
 
 
 def test_the_template_route_table_is_the_rust_route_table(source_template, resources):
@@ -413,6 +482,20 @@ def test_the_template_route_table_is_the_rust_route_table(source_template, resou
     assert set(rust_functions(resources)) == {f"{variant}Function" for variant in table} | {APPLIER}
 
 
+def test_the_io_free_functions_are_the_rows_with_the_three_exceptions(source_template, resources):
+    """The route table's optional columns are the I/O-free functions' three exceptions, all
+    three on each of their rows and none on any other row (the other routes read PostgreSQL and
+    Redis: runtime policy, cache metric filters, cache rollback alarm)."""
+    table = source_template["Mappings"]["Routes"]
+    assert IO_FREE <= {f"{variant}Function" for variant in table}
+    for variant, row in table.items():
+        exceptions = {key: row[key] for key in IO_FREE_EXCEPTIONS if key in row}
+        expected = IO_FREE_EXCEPTIONS if f"{variant}Function" in IO_FREE else {}
+        assert exceptions == expected, variant
+    # Both are route functions of the table: openapi a contract route, not-found the $default one.
+    assert IO_FREE - {NOT_FOUND} <= set(contract_route_functions(resources))
+
+
 def test_functions_build_the_flags_api_binaries_with_cargo_lambda(template, resources):
     globals_ = template["Globals"]["Function"]
     assert globals_["Runtime"] == "provided.al2023"
@@ -449,9 +532,9 @@ def test_function_environment(template):
 
 def test_functions_may_read_only_their_two_parameters(resources):
     for name, function in rust_functions(resources).items():
-        if name == NOT_FOUND:
-            # Exception: it reads no parameter (no database, no Redis), so it gets no policy
-            # beyond SAM's logging/VPC/X-Ray ones (test_not_found_function_has_no_permission).
+        if name in IO_FREE:
+            # Exception: they read no parameter (no database, no Redis), so they get no policy
+            # beyond SAM's logging/VPC/X-Ray ones (test_io_free_functions_have_no_permission).
             assert "Policies" not in function["Properties"], name
             continue
         assert function["Properties"]["Policies"] == [{"Ref": "FunctionRuntimePolicy"}], name
@@ -533,9 +616,11 @@ def test_default_route_goes_to_the_not_found_function(resources):
     assert DEFAULT_ROUTE_EVENT not in ROUTES, "the $default route is not a route of the contract"
 
 
-def test_not_found_function_has_no_permission(resources, transformed):
-    # It answers from the event alone: no SSM parameter, no database, no Redis, no JWKS.
-    role = transformed["Resources"][f"{NOT_FOUND}Role"]["Properties"]
+@pytest.mark.parametrize("function", sorted(IO_FREE))
+def test_io_free_functions_have_no_permission(function, transformed):
+    # not-found answers from the event alone, openapi with the document built into its binary:
+    # no SSM parameter, no database, no Redis, no JWKS.
+    role = transformed["Resources"][f"{function}Role"]["Properties"]
     assert "Policies" not in role
     assert sorted(role["ManagedPolicyArns"]) == [
         "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
@@ -544,7 +629,7 @@ def test_not_found_function_has_no_permission(resources, transformed):
     ]
 
 
-def test_translated_api_has_the_17_routes_and_the_default_route_without_authorization(transformed):
+def test_translated_api_has_the_18_routes_and_the_default_route_without_authorization(transformed):
     apis = of_type(transformed["Resources"], "AWS::ApiGatewayV2::Api")
     assert len(apis) == 1
     body = next(iter(apis.values()))["Properties"]["Body"]
@@ -566,16 +651,64 @@ def test_translated_api_has_the_17_routes_and_the_default_route_without_authoriz
     assert not of_type(transformed["Resources"], "AWS::ApiGatewayV2::Authorizer")
 
 
+# --- CORS ------------------------------------------------------------------------------------
+
+CORS_ORIGINS = ["https://app.example.com", "http://localhost:5173"]
+
+
+def deployed_cors(translated: dict, template: dict, parameters: dict):
+    """The CORS configuration of the translated HTTP API for these parameter values, or None.
+
+    SAM writes CorsConfiguration into the API's OpenAPI body (x-amazon-apigateway-cors), under
+    the template's Fn::If on HasCorsOrigins.
+    """
+    (api,) = of_type(translated["Resources"], "AWS::ApiGatewayV2::Api").values()
+    assert "CorsConfiguration" not in api["Properties"], "CORS lives in the body only"
+    return deployed(api["Properties"]["Body"], template, parameters).get("x-amazon-apigateway-cors")
+
+
+def test_without_cors_origins_the_api_has_no_cors_configuration(template, transformed):
+    # Server-side clients need no CORS; left empty, API Gateway adds no CORS header and answers
+    # no preflight (an OPTIONS request gets the $default function's 404).
+    parameter = template["Parameters"]["CorsAllowedOrigins"]
+    assert (parameter["Type"], parameter["Default"]) == ("CommaDelimitedList", "")
+    assert deployed_cors(transformed, template, {}) is None
+    assert deployed_cors(transformed, template, {"CorsAllowedOrigins": [""]}) is None
+
+
+def test_cors_origins_reach_the_api_with_credentials_and_the_contract_headers(template):
+    parameters = {"CorsAllowedOrigins": CORS_ORIGINS}
+    cors = deployed_cors(translate(template, parameters), template, parameters)
+    assert cors["allowOrigins"] == CORS_ORIGINS
+    assert cors["allowCredentials"] is True
+    # The methods of the contract's routes, the request headers its clients send (bearer
+    # token, JSON bodies, the OFREP ETag, the environment header) and the response headers
+    # a page may read.
+    assert sorted(cors["allowMethods"]) == ["DELETE", "GET", "POST"] == sorted({m for m, _path in ROUTES})
+    assert sorted(cors["allowHeaders"]) == ["authorization", "content-type", "if-none-match", "x-environment"]
+    assert sorted(cors["exposeHeaders"]) == ["etag", "retry-after"]
+    # "*" with credentials: browsers and API Gateway refuse it, and so does the stack's rule.
+    (assertion,) = template["Rules"]["CorsOriginsAreNamed"]["Assertions"]
+    assert "RuleCondition" not in template["Rules"]["CorsOriginsAreNamed"]
+    assert evaluate(template, assertion["Assert"], parameters) is True
+    assert evaluate(template, assertion["Assert"], {}) is True
+    assert evaluate(template, assertion["Assert"], {"CorsAllowedOrigins": ["*"]}) is False
+    assert evaluate(template, assertion["Assert"], {"CorsAllowedOrigins": [CORS_ORIGINS[0], "*"]}) is False
+
+
 # --- logs and metrics --------------------------------------------------------------------------
 
 
 def test_each_function_logs_to_its_own_group_with_the_cache_metric_filters(resources):
     filters = of_type(resources, "AWS::Logs::MetricFilter").values()
-    # Exception: the not-found function reads no cache, so its group has no cache filters
-    # (its own group and retention are checked by the last test of this file).
-    group = resources[NOT_FOUND]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
-    assert not [f for f in filters if f["Properties"]["LogGroupName"] == {"Ref": group}]
-    for name, function in contract_route_functions(resources).items():
+    # Exception: the I/O-free functions read no cache, so their groups have no cache filters
+    # (their own groups and retention are checked by the last test of this file).
+    for name in IO_FREE:
+        group = resources[name]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        assert not [f for f in filters if f["Properties"]["LogGroupName"] == {"Ref": group}], name
+    for name, function in route_functions(resources).items():
+        if name in IO_FREE:
+            continue
         group = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
         assert "RetentionInDays" in resources[group]["Properties"]
         found = {}
@@ -624,8 +757,8 @@ def test_every_route_function_deploys_through_the_canary_with_alarms_and_the_hoo
         short = name.removesuffix("Function")
         # function errors and p95 of the new version, the service 5xx rate, the cache-unavailable rate
         expected = [f"{short}ErrorsAlarm", f"{short}P95DurationAlarm", "Api5xxRateAlarm", "CacheUnavailableRateAlarm"]
-        if name == NOT_FOUND:
-            # Exception: it never touches Redis, so a Redis outage during its canary says
+        if name in IO_FREE:
+            # Exception: they never touch Redis, so a Redis outage during their canary says
             # nothing about the new version and must not roll it back.
             expected.remove("CacheUnavailableRateAlarm")
         assert names == expected, name
@@ -651,17 +784,19 @@ def test_rollback_alarm_thresholds(template, resources):
 def test_translated_deployment_groups_use_the_canary_alarms_and_hook(transformed):
     res = transformed["Resources"]
     groups = of_type(res, "AWS::CodeDeploy::DeploymentGroup")
-    # the 17 route functions and the $default one; the scheduled applier has no canary
-    assert len(groups) == 18
+    # the 18 route functions and the $default one; the scheduled applier has no canary
+    assert len(groups) == 19
     for name, group in groups.items():
         props = group["Properties"]
         assert props["DeploymentConfigName"] == {"Ref": "CanaryDeploymentConfig"}
         assert props["AlarmConfiguration"]["Enabled"] is True
-        # 3 for the not-found function: no cache-unavailable alarm (see above)
-        assert len(props["AlarmConfiguration"]["Alarms"]) == (3 if name.startswith(NOT_FOUND) else 4), name
+        # 3 for the I/O-free functions: no cache-unavailable alarm (see above)
+        function = name.removesuffix("DeploymentGroup")
+        assert function in res, name
+        assert len(props["AlarmConfiguration"]["Alarms"]) == (3 if function in IO_FREE else 4), name
         assert "DEPLOYMENT_STOP_ON_ALARM" in props["AutoRollbackConfiguration"]["Events"]
     aliases = of_type(res, "AWS::Lambda::Alias")
-    assert len(aliases) == 18
+    assert len(aliases) == 19
     for alias in aliases.values():
         update = alias["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
         assert update["BeforeAllowTrafficHook"] == {"Ref": HOOK}
@@ -713,8 +848,8 @@ def test_the_sweeper_is_replaced_by_the_applier(resources):
     assert not [name for name in resources if "Sweep" in name]
     binaries = [r["Metadata"]["BuildProperties"]["Binary"] for r in rust_functions(resources).values()]
     assert "sweep-invalidations" not in binaries
-    assert NOT_FOUND_BINARY in binaries
-    assert len(binaries) == len(set(binaries)) == 19  # 17 routes + not-found ($default) + the applier
+    assert NOT_FOUND_BINARY in binaries and "openapi" in binaries
+    assert len(binaries) == len(set(binaries)) == 20  # 18 routes + not-found ($default) + the applier
 
 
 def test_applier_runs_in_the_vpc_with_the_functions_security_group(resources):
@@ -994,7 +1129,7 @@ def test_every_checkov_suppression_has_a_reason(request, path_fixture):
 
 def test_translated_functions_keep_json_logs_in_their_own_group(transformed):
     functions = of_type(transformed["Resources"], "AWS::Lambda::Function")
-    assert len(functions) == 20  # 17 routes + not-found ($default) + the scheduled applier + the pre-traffic hook
+    assert len(functions) == 21  # 18 routes + not-found ($default) + the scheduled applier + the pre-traffic hook
     for name, function in functions.items():
         props = function["Properties"]
         # SAM merges the global LogFormat with each function's LogGroup.
