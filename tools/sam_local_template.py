@@ -6,6 +6,9 @@ This script copies the template built by `sam build` and declares both variables
 Rust function, so that tools/sam-local-env.json can point them at the docker-compose services
 and empty the two *_SSM_PARAMETER names. The deployed template is left untouched.
 
+The I/O-free functions (not-found, openapi) get both too, like their SSM parameter names from
+the Globals: they read neither, so the declarations cost nothing and need no list of them here.
+
 Usage: python tools/sam_local_template.py .aws-sam/build/template.yaml .aws-sam/build/template.local.yaml
 """
 
