@@ -8,7 +8,7 @@ export REDIS_URL_TEST ?= redis://127.0.0.1:6379
 
 TEST_TOOLS := .tools/test
 
-.PHONY: help run test test-clients openapi lint fmt services tools-test load loadbench faults coldstart bench
+.PHONY: help run test test-clients openapi lint fmt services tools-test load loadbench ofrepbench faults coldstart bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ load: services ## AC10: the Artillery scenario (ensure thresholds) and the Rust 
 
 loadbench: services ## Rust load benchmark: 1/10/50 clients per cache and database, connection counts
 	$(BENCH) loadbench
+
+ofrepbench: ## OFREP single and bulk (200 and 304) over HTTP next to GET /config/flags, 1/10/50 clients, local server defaults
+	$(BENCH) ofrepbench
 
 faults: services ## Fault-injection suite under load (Redis killed, frozen, READONLY, slow, garbage; PostgreSQL cut)
 	$(BENCH) faults
