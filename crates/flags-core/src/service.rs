@@ -124,7 +124,7 @@ impl FlagService {
         &self,
         env: &Environment,
         user_id: Option<&str>,
-    ) -> Result<(FlagSet, UserOverrides), ServiceError> {
+    ) -> Result<(Arc<FlagSet>, UserOverrides), ServiceError> {
         let cached = match self.cache.read(env, user_id).await {
             Ok(read) => Some(read),
             Err(error) => {
@@ -153,17 +153,18 @@ impl FlagService {
         // cached list of environments: no database query, and nothing cached under the name.
         if flags_missed && generation.is_some() && !self.environment_exists(env).await {
             tracing::info!(cache = "hit", environment = %env, "no flags in this environment");
-            return Ok((FlagSet::new(), UserOverrides::new()));
+            return Ok((Arc::default(), UserOverrides::new()));
         }
         let flags = match cached_flags {
             Some(flags) => flags,
-            None => self
-                .store
-                .list_flags(env)
-                .await?
-                .into_iter()
-                .map(|f| (f.flag_key.clone(), f))
-                .collect(),
+            None => Arc::new(
+                self.store
+                    .list_flags(env)
+                    .await?
+                    .into_iter()
+                    .map(|f| (f.flag_key.clone(), f))
+                    .collect(),
+            ),
         };
         let overrides_missed = user_id.filter(|_| cached_overrides.is_none());
         let overrides = match (cached_overrides, overrides_missed) {
@@ -174,7 +175,7 @@ impl FlagService {
 
         if let Some(generation) = generation {
             let fill = CacheFill {
-                flags: flags_missed.then_some(&flags),
+                flags: flags_missed.then_some(flags.as_ref()),
                 overrides: overrides_missed.map(|user| (user, &overrides)),
             };
             match self.cache.fill(env, generation, fill).await {
@@ -225,7 +226,7 @@ impl FlagService {
         &self,
         env: &Environment,
         user_id: Option<&str>,
-    ) -> Result<(FlagSet, UserOverrides), ServiceError> {
+    ) -> Result<(Arc<FlagSet>, UserOverrides), ServiceError> {
         self.load(env, user_id.filter(|id| !id.is_empty())).await
     }
 
@@ -266,9 +267,10 @@ impl FlagService {
 
     /// A flag's raw configuration, served from the cached snapshot.
     pub async fn get_flag(&self, env: &Environment, key: &FlagKey) -> Result<Flag, ServiceError> {
-        let (mut flags, _) = self.load(env, None).await?;
+        let (flags, _) = self.load(env, None).await?;
         flags
-            .remove(key.as_str())
+            .get(key.as_str())
+            .cloned()
             .ok_or_else(|| ServiceError::FlagNotFound(key.to_string()))
     }
 

@@ -9,7 +9,7 @@ mod common;
 use common::{SpareRedis, redis_client, redis_url, unique, unique_env};
 use flags_core::cache::{
     CacheFill, FlagCache, Generation, InvalidateAllReport, Invalidation, RedisCache,
-    decode_snapshot,
+    decode_snapshot, encode_snapshot,
 };
 use flags_core::config::RedisSettings;
 use flags_core::domain::{Flag, FlagSet, OverrideType, Timestamp, UserOverrides};
@@ -96,7 +96,7 @@ async fn snapshot_round_trip_keeps_exact_timestamps() {
         .await
         .unwrap();
     let read = cache.read(&env, None).await.unwrap();
-    assert_eq!(read.flags.as_ref(), Some(&flags));
+    assert_eq!(read.flags.as_deref(), Some(&flags));
     // The stored JSON is the contract's shape.
     let raw: String = redis_client(&redis_url())
         .await
@@ -230,7 +230,10 @@ async fn environments_are_independent() {
         .unwrap();
     cache.invalidate(&a, Invalidation::Flags).await.unwrap();
     assert!(cache.read(&a, None).await.unwrap().flags.is_none());
-    assert_eq!(cache.read(&b, None).await.unwrap().flags, Some(flags_b));
+    assert_eq!(
+        cache.read(&b, None).await.unwrap().flags.as_deref(),
+        Some(&flags_b)
+    );
 }
 
 fn fill_flags(flags: &FlagSet) -> CacheFill<'_> {
@@ -744,5 +747,141 @@ async fn the_list_of_environments_follows_the_generation_protocol() {
     assert_eq!(
         cache.read_environments().await.unwrap().environments,
         Some(listed(&["a"]))
+    );
+}
+
+/// Fills `flags` under the generation a read finds, as the service does after a miss.
+async fn fill_current(cache: &RedisCache, env: &flags_core::domain::Environment, flags: &FlagSet) {
+    let generation = cache.read(env, None).await.unwrap().generation;
+    let fill = CacheFill {
+        flags: Some(flags),
+        overrides: None,
+    };
+    assert!(cache.fill(env, generation, fill).await.unwrap());
+}
+
+/// An instance keeps the snapshot it decoded (or stored) and reads only the generation and the
+/// user's overrides while Redis holds the same one; a write by another instance moves the
+/// generation, and the very next read fetches and decodes the new snapshot.
+#[tokio::test]
+async fn a_held_snapshot_serves_reads_until_another_instance_writes() {
+    let (reader, writer) = (cache().await, cache().await);
+    let env = unique_env();
+    let before = flag_set(env.as_str(), &[("a", 10), ("b", 100)]);
+    fill_current(&writer, &env, &before).await;
+
+    assert_eq!(
+        reader.read(&env, None).await.unwrap().flags.as_deref(),
+        Some(&before)
+    );
+    assert_eq!(reader.held_reads(), 0, "the first read decodes");
+    assert_eq!(
+        reader.read(&env, None).await.unwrap().flags.as_deref(),
+        Some(&before)
+    );
+    assert_eq!(
+        reader.held_reads(),
+        1,
+        "the second is served from the held copy"
+    );
+
+    // Another instance writes: the generation moves, its refill lands under the new one.
+    writer.invalidate(&env, Invalidation::Flags).await.unwrap();
+    let after = flag_set(env.as_str(), &[("a", 90), ("b", 0)]);
+    assert!(
+        reader.read(&env, None).await.unwrap().flags.is_none(),
+        "a miss after the write"
+    );
+    fill_current(&writer, &env, &after).await;
+    assert_eq!(
+        reader.read(&env, None).await.unwrap().flags.as_deref(),
+        Some(&after)
+    );
+    assert_eq!(
+        reader.held_reads(),
+        1,
+        "the changed snapshot was fetched, not the held one"
+    );
+    assert_eq!(
+        reader.read(&env, None).await.unwrap().flags.as_deref(),
+        Some(&after)
+    );
+    assert_eq!(reader.held_reads(), 2);
+}
+
+/// With the snapshot held, the user's overrides still come from Redis in the same round trip:
+/// an override written or invalidated by another instance is seen at once.
+#[tokio::test]
+async fn overrides_are_read_fresh_while_the_snapshot_is_held() {
+    let (reader, writer) = (cache().await, cache().await);
+    let env = unique_env();
+    let flags = flag_set(env.as_str(), &[("a", 0)]);
+    fill_current(&writer, &env, &flags).await;
+    reader.read(&env, None).await.unwrap();
+    let include: UserOverrides = [("a".to_owned(), OverrideType::Include)].into();
+    let generation = reader.read(&env, Some("u1")).await.unwrap().generation;
+    let fill = CacheFill {
+        flags: None,
+        overrides: Some(("u1", &include)),
+    };
+    assert!(writer.fill(&env, generation, fill).await.unwrap());
+
+    let read = reader.read(&env, Some("u1")).await.unwrap();
+    assert_eq!(
+        (read.flags.as_deref(), read.overrides),
+        (Some(&flags), Some(include))
+    );
+    writer
+        .invalidate(&env, Invalidation::User("u1"))
+        .await
+        .unwrap();
+    let read = reader.read(&env, Some("u1")).await.unwrap();
+    assert_eq!(
+        read.flags.as_deref(),
+        Some(&flags),
+        "the flags did not change"
+    );
+    assert!(read.overrides.is_none(), "the user's overrides did");
+    // An override change moves the generation too (it fences stale fills), so that read
+    // fetched the unchanged snapshot once more; the next is held again.
+    assert_eq!(reader.held_reads(), 2);
+    reader.read(&env, Some("u1")).await.unwrap();
+    assert_eq!(reader.held_reads(), 3);
+}
+
+/// The held copy is recognised by the end of the snapshot's text too, not by the generation
+/// alone: a snapshot replaced without a generation bump (the original service's writer, or a
+/// refill after Redis lost its data) is fetched; a snapshot gone is a miss, never the held copy.
+#[tokio::test]
+async fn a_replaced_or_vanished_snapshot_is_never_answered_from_the_held_copy() {
+    let cache = cache().await;
+    let env = unique_env();
+    let raw = redis_client(&redis_url()).await;
+    let first = flag_set(env.as_str(), &[("a", 10)]);
+    fill_current(&cache, &env, &first).await;
+    assert_eq!(
+        cache.read(&env, None).await.unwrap().flags.as_deref(),
+        Some(&first)
+    );
+
+    let replaced = flag_set(env.as_str(), &[("a", 55)]);
+    let text = encode_snapshot(&replaced, chrono::Utc::now().timestamp_millis() + 1, 300);
+    raw.set::<(), _, _>(snapshot_key(&env), text, None, None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.read(&env, None).await.unwrap().flags.as_deref(),
+        Some(&replaced)
+    );
+
+    let _: i64 = raw
+        .del(vec![snapshot_key(&env), generation_key(&env)])
+        .await
+        .unwrap();
+    assert!(cache.read(&env, None).await.unwrap().flags.is_none());
+    assert_eq!(
+        cache.held_reads(),
+        1,
+        "only the read before the replacement was held"
     );
 }

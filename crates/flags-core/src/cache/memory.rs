@@ -116,10 +116,7 @@ impl FlagCache for MemoryCache {
     ) -> Result<CacheRead, CacheError> {
         // The generation first: a value read after it is at least as new as it says.
         let generation = self.generation();
-        let flags = self
-            .snapshots
-            .get(env.as_str())
-            .map(|flags| flags.as_ref().clone());
+        let flags = self.snapshots.get(env.as_str());
         let overrides = user_id.and_then(|user| {
             self.overrides
                 .get(&(env.as_str().to_owned(), user.to_owned()))

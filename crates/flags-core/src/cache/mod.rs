@@ -23,6 +23,7 @@ pub use redis::RedisCache;
 use crate::domain::{Environment, FlagSet, UserOverrides};
 use async_trait::async_trait;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// The names of the environments that hold at least one flag.
 pub type Environments = BTreeSet<String>;
@@ -85,7 +86,8 @@ impl Default for Generation {
 /// What one cache round trip found. `None` is a miss (absent, expired or unreadable).
 #[derive(Debug, Clone, Default)]
 pub struct CacheRead {
-    pub flags: Option<FlagSet>,
+    /// Shared: a cache may hand out the same decoded snapshot to every request.
+    pub flags: Option<Arc<FlagSet>>,
     pub overrides: Option<UserOverrides>,
     pub generation: Generation,
 }

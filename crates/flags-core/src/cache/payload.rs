@@ -33,11 +33,16 @@ pub fn encode_snapshot(flags: &FlagSet, now_ms: i64, ttl_secs: u64) -> String {
 /// `None` for anything that is not a valid, unexpired snapshot: garbage, `{}`, a non-object
 /// `flags`, a flag entry with missing or mistyped fields, or an `expiresAt` in the past.
 pub fn decode_snapshot(text: &str, now_ms: i64) -> Option<FlagSet> {
+    decode_snapshot_with_expiry(text, now_ms).map(|(flags, _)| flags)
+}
+
+/// [`decode_snapshot`] with the snapshot's `expiresAt` (epoch ms), if it has one.
+pub fn decode_snapshot_with_expiry(text: &str, now_ms: i64) -> Option<(FlagSet, Option<i64>)> {
     let snapshot: SnapshotIn = serde_json::from_str(text).ok()?;
     if snapshot.expires_at.is_some_and(|at| at < now_ms as f64) {
         return None;
     }
-    Some(snapshot.flags)
+    Some((snapshot.flags, snapshot.expires_at.map(|at| at as i64)))
 }
 
 /// The member of a cached overrides object that holds its overrides epoch. A flag key starts

@@ -1,12 +1,14 @@
 //! The Redis cache adapter (contract §3, §3.1). Key formats: `crate::redis::keys`.
 
-use super::payload::{decode_overrides, decode_snapshot, encode_overrides, encode_snapshot};
+use super::payload::{
+    decode_overrides, decode_snapshot_with_expiry, encode_overrides, encode_snapshot,
+};
 use super::{
     CacheError, CacheFill, CacheKind, CacheRead, Environments, EnvironmentsRead, FlagCache,
     Generation, InvalidateAllReport, Invalidation,
 };
 use crate::config::INVALIDATION_RETRY_BUDGET;
-use crate::domain::Environment;
+use crate::domain::{Environment, FlagSet, UserOverrides};
 use crate::redis::{
     CACHE_PREFIX, RedisConnection, environments_generation_key, environments_key, generation_key,
     overrides_epoch_key, overrides_key, snapshot_key,
@@ -14,7 +16,8 @@ use crate::redis::{
 use async_trait::async_trait;
 use fred::prelude::{ClientLike, KeysInterface, Value};
 use fred::types::scripts::Script;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 /// SCAN page size for invalidate-all; each page (SCAN + DEL) runs under its own deadline.
@@ -71,6 +74,68 @@ return 0"
     ))
 });
 
+/// The read of an instance that holds a decoded snapshot of the environment: the generation,
+/// the overrides epoch and the user's overrides as always (KEYS[4], when given), and the snapshot
+/// KEYS[3] only when it is not the held one. The held one is recognised by the generation it was
+/// read or filled under (ARGV[1]) and the last ARGV[3] bytes of its text (ARGV[2]), which end with
+/// its `expiresAt`: a refill after a flush, or a writer that does not bump the generation, changes
+/// them. Returns {generation, epoch, snapshot or false, overrides or false, 1 if held}.
+static READ_UNLESS_HELD: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"local function text(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'string' then return value end
+  return false
+end
+local generation = text(KEYS[1])
+local epoch = text(KEYS[2])
+local overrides = false
+if KEYS[4] then overrides = text(KEYS[4]) end
+local tail = redis.pcall('GETRANGE', KEYS[3], -tonumber(ARGV[3]), -1)
+if (generation or '0') == ARGV[1] and type(tail) == 'string' and tail == ARGV[2] then
+  return {generation, epoch, false, overrides, 1}
+end
+return {generation, epoch, text(KEYS[3]), overrides, 0}",
+    )
+});
+
+/// How many bytes of a snapshot's text identify it (its end holds `expiresAt`, in ms).
+const HELD_TAIL_BYTES: usize = 64;
+/// Environments whose decoded snapshot one instance keeps.
+const HELD_ENVIRONMENTS: u64 = 256;
+
+/// A snapshot this instance decoded, kept while Redis still holds the same one: a read then
+/// transfers and decodes nothing but the generation and the user's overrides.
+#[derive(Debug, Clone)]
+struct HeldSnapshot {
+    /// The generation text it was read or filled under (`0` when there was none).
+    generation: String,
+    /// The last bytes of its text, on a character boundary.
+    tail: String,
+    flags: Arc<FlagSet>,
+    /// Its `expiresAt` (epoch ms): past it, it is not used even if Redis still has it.
+    expires_at_ms: Option<i64>,
+}
+
+impl HeldSnapshot {
+    fn new(generation: String, raw: &str, flags: Arc<FlagSet>, expires_at_ms: Option<i64>) -> Self {
+        let mut start = raw.len().saturating_sub(HELD_TAIL_BYTES);
+        while !raw.is_char_boundary(start) {
+            start += 1;
+        }
+        Self {
+            generation,
+            tail: raw[start..].to_owned(),
+            flags,
+            expires_at_ms,
+        }
+    }
+
+    fn is_live(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_none_or(|at| at >= now_ms)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RedisCache {
     redis: RedisConnection,
@@ -78,6 +143,10 @@ pub struct RedisCache {
     /// The keys of the list of environments of this cache's database.
     environments_key: String,
     environments_generation_key: String,
+    /// Decoded snapshots, per environment (shared by the clones of this cache).
+    held: moka::sync::Cache<String, HeldSnapshot>,
+    /// Reads answered with a held snapshot (for tests and benchmarks).
+    held_reads: Arc<AtomicU64>,
 }
 
 impl RedisCache {
@@ -88,6 +157,109 @@ impl RedisCache {
             ttl,
             environments_key: environments_key(scope),
             environments_generation_key: environments_generation_key(scope),
+            held: moka::sync::Cache::new(HELD_ENVIRONMENTS),
+            held_reads: Arc::default(),
+        }
+    }
+
+    /// How many reads were answered with a snapshot this instance had already decoded.
+    pub fn held_reads(&self) -> u64 {
+        self.held_reads.load(Ordering::Relaxed)
+    }
+
+    /// The read while holding `held`: one script, the same round trip as the plain read.
+    async fn read_holding(
+        &self,
+        env: &Environment,
+        user_id: Option<&str>,
+        held: HeldSnapshot,
+    ) -> Result<CacheRead, CacheError> {
+        let mut keys = vec![
+            generation_key(env),
+            overrides_epoch_key(env),
+            snapshot_key(env),
+        ];
+        if let Some(user) = user_id {
+            keys.push(overrides_key(env, user));
+        }
+        let args = vec![
+            held.generation.clone(),
+            held.tail.clone(),
+            held.tail.len().to_string(),
+        ];
+        let values: Vec<Value> = self
+            .redis
+            .run("read_unless_held", |client| async move {
+                READ_UNLESS_HELD
+                    .evalsha_with_reload(&client, keys, args)
+                    .await
+            })
+            .await?;
+        let text = |i: usize| values.get(i).and_then(|v| v.as_string());
+        let still_held = values.get(4).and_then(Value::as_i64) == Some(1);
+        if still_held {
+            self.held_reads.fetch_add(1, Ordering::Relaxed);
+            let generation = self.generation_of(text(0), text(1));
+            let overrides = self.overrides_of(user_id, text(3), generation);
+            return Ok(CacheRead {
+                flags: Some(held.flags),
+                overrides,
+                generation,
+            });
+        }
+        Ok(self.decoded(env, user_id, text(0), text(1), text(2), text(3)))
+    }
+
+    fn generation_of(&self, generation: Option<String>, epoch: Option<String>) -> Generation {
+        Generation {
+            fills: parse_counter(generation).unwrap_or(0),
+            overrides_epoch: parse_counter(epoch),
+        }
+    }
+
+    /// Values cached under an older epoch were retired by a flag deletion or a sweep.
+    fn overrides_of(
+        &self,
+        user_id: Option<&str>,
+        raw: Option<String>,
+        generation: Generation,
+    ) -> Option<UserOverrides> {
+        user_id
+            .and(raw)
+            .and_then(|raw| decode_overrides(&raw))
+            .filter(|(_, epoch)| Some(*epoch) == generation.overrides_epoch)
+            .map(|(overrides, _)| overrides)
+    }
+
+    /// A read's texts decoded; a readable snapshot is kept for the next read.
+    fn decoded(
+        &self,
+        env: &Environment,
+        user_id: Option<&str>,
+        generation_text: Option<String>,
+        epoch_text: Option<String>,
+        snapshot_text: Option<String>,
+        overrides_text: Option<String>,
+    ) -> CacheRead {
+        let held_generation = generation_text.clone().unwrap_or_else(|| "0".to_owned());
+        let generation = self.generation_of(generation_text, epoch_text);
+        let flags = snapshot_text.and_then(|raw| {
+            let Some((flags, expires_at_ms)) = decode_snapshot_with_expiry(&raw, now_ms()) else {
+                tracing::warn!(key = %snapshot_key(env), "unreadable flag snapshot in redis; treating as a miss");
+                return None;
+            };
+            let flags = Arc::new(flags);
+            self.held.insert(
+                env.as_str().to_owned(),
+                HeldSnapshot::new(held_generation, &raw, Arc::clone(&flags), expires_at_ms),
+            );
+            Some(flags)
+        });
+        let overrides = self.overrides_of(user_id, overrides_text, generation);
+        CacheRead {
+            flags,
+            overrides,
+            generation,
         }
     }
 
@@ -157,6 +329,9 @@ impl FlagCache for RedisCache {
         env: &Environment,
         user_id: Option<&str>,
     ) -> Result<CacheRead, CacheError> {
+        if let Some(held) = self.held.get(env.as_str()).filter(|h| h.is_live(now_ms())) {
+            return self.read_holding(env, user_id, held).await;
+        }
         let mut keys = vec![
             generation_key(env),
             overrides_epoch_key(env),
@@ -170,28 +345,7 @@ impl FlagCache for RedisCache {
             .run("mget", |client| async move { client.mget(keys).await })
             .await?;
         let text = |i: usize| values.get(i).and_then(|v| v.as_string());
-        let generation = Generation {
-            fills: parse_counter(text(0)).unwrap_or(0),
-            overrides_epoch: parse_counter(text(1)),
-        };
-        let flags = text(2).and_then(|raw| {
-            let decoded = decode_snapshot(&raw, now_ms());
-            if decoded.is_none() {
-                tracing::warn!(key = %snapshot_key(env), "unreadable flag snapshot in redis; treating as a miss");
-            }
-            decoded
-        });
-        // Values cached under an older epoch were retired by a flag deletion or a sweep.
-        let overrides = user_id
-            .and_then(|_| text(3))
-            .and_then(|raw| decode_overrides(&raw))
-            .filter(|(_, epoch)| Some(*epoch) == generation.overrides_epoch)
-            .map(|(overrides, _)| overrides);
-        Ok(CacheRead {
-            flags,
-            overrides,
-            generation,
-        })
+        Ok(self.decoded(env, user_id, text(0), text(1), text(2), text(3)))
     }
 
     async fn fill(
@@ -207,9 +361,13 @@ impl FlagCache for RedisCache {
             .map_or_else(|| "unusable".to_owned(), |e| e.to_string());
         let mut keys = vec![generation_key(env), overrides_epoch_key(env)];
         let mut args = vec![generation.fills.to_string(), epoch, ttl.to_string()];
-        if let Some(flags) = fill.flags {
+        let now = now_ms();
+        let snapshot = fill
+            .flags
+            .map(|flags| (flags, encode_snapshot(flags, now, ttl)));
+        if let Some((_, raw)) = &snapshot {
             keys.push(snapshot_key(env));
-            args.push(encode_snapshot(flags, now_ms(), ttl));
+            args.push(raw.clone());
         }
         if let Some((user, overrides)) = fill.overrides {
             keys.push(overrides_key(env, user));
@@ -229,6 +387,19 @@ impl FlagCache for RedisCache {
                     .await
             })
             .await?;
+        // What this instance stored under this generation is what the next read would fetch.
+        if let (1, Some((flags, raw))) = (stored, snapshot) {
+            let expires_at_ms = now.saturating_add(i64::try_from(ttl * 1000).unwrap_or(i64::MAX));
+            self.held.insert(
+                env.as_str().to_owned(),
+                HeldSnapshot::new(
+                    generation.fills.to_string(),
+                    &raw,
+                    Arc::new(flags.clone()),
+                    Some(expires_at_ms),
+                ),
+            );
+        }
         Ok(stored == 1)
     }
 
