@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 
 /// Largest accepted request body (contract §2.3: 413 above 64 KiB).
@@ -67,12 +68,14 @@ impl ApiRequest {
 pub struct ApiResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    /// `None` for 204.
-    pub body: Option<Value>,
+    /// The JSON text; `None` for 204 and 304.
+    pub body: Option<String>,
 }
 
 impl ApiResponse {
-    pub fn json(status: StatusCode, body: Value) -> Self {
+    /// `body` serialised straight to text: a map or struct is written without first becoming a
+    /// `serde_json::Value` tree (`json!(...)` bodies, small ones, still may).
+    pub fn json(status: StatusCode, body: impl Serialize) -> Self {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -80,14 +83,19 @@ impl ApiResponse {
         );
         // Evaluations differ per caller and change with every admin write.
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Serialising maps with string keys, structs and `Value`s cannot fail.
+        let text = serde_json::to_string(&body).unwrap_or_else(|error| {
+            tracing::error!(error = %error, "a response body did not serialise");
+            String::from("{}")
+        });
         Self {
             status,
             headers,
-            body: Some(body),
+            body: Some(text),
         }
     }
 
-    pub fn ok(body: Value) -> Self {
+    pub fn ok(body: impl Serialize) -> Self {
         Self::json(StatusCode::OK, body)
     }
 
@@ -108,9 +116,7 @@ impl ApiResponse {
 
     /// The response either edge sends; `B` is its body type (empty for 204).
     pub fn into_http<B: From<String> + Default>(self) -> http::Response<B> {
-        let body = self
-            .body
-            .map_or_else(B::default, |value| B::from(value.to_string()));
+        let body = self.body.map_or_else(B::default, B::from);
         let mut response = http::Response::new(body);
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers;

@@ -98,7 +98,7 @@ async fn get_flags(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse
         .service
         .evaluate_all(&env, caller.as_ref().map(|c| c.sub.as_str()))
         .await?;
-    Ok(ApiResponse::ok(json!(flags)))
+    Ok(ApiResponse::ok(&flags))
 }
 
 #[utoipa::path(get, path = "/config/flags/{flagKey}", tag = "evaluation", summary = "One flag's settings",

@@ -12,24 +12,25 @@ use flags_core::domain::{
 };
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 /// The header OFREP clients can set when they cannot add a query parameter.
 const ENVIRONMENT_HEADER: &str = "x-environment";
 
-/// One evaluated flag, as OFREP's `evaluationSuccess`.
+/// One evaluated flag, as OFREP's `evaluationSuccess`. Fields in alphabetical order: serialised
+/// straight from the struct, the text is the same as the sorted-key `json!` it replaced.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Evaluation<'a> {
     pub key: &'a str,
+    pub metadata: Metadata<'a>,
+    #[schema(pattern = "^(DISABLED|TARGETING_MATCH|STATIC|SPLIT|DEFAULT)$")]
+    pub reason: &'static str,
     pub value: bool,
     /// Always present: OpenFeature SDKs report it, and a boolean flag has two.
     #[schema(pattern = "^(on|off)$")]
     pub variant: &'static str,
-    #[schema(pattern = "^(DISABLED|TARGETING_MATCH|STATIC|SPLIT|DEFAULT)$")]
-    pub reason: &'static str,
-    pub metadata: Metadata<'a>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -83,7 +84,7 @@ pub async fn evaluate_flag(
         .get(key.as_str())
         .ok_or_else(|| with_key(not_found()))?;
     let evaluation = evaluation(flag, targeting_key.as_deref(), &overrides);
-    Ok(ApiResponse::ok(json!(evaluation)))
+    Ok(ApiResponse::ok(&evaluation))
 }
 
 /// `POST /ofrep/v1/evaluate/flags`: every flag of the environment, with an `ETag` over the flag
@@ -122,7 +123,7 @@ pub async fn evaluate_flags(
             .values()
             .map(|flag| evaluation(flag, targeting_key.as_deref(), &overrides))
             .collect();
-        ApiResponse::ok(json!(BulkEvaluation { flags: evaluations }))
+        ApiResponse::ok(&BulkEvaluation { flags: evaluations })
     };
     if let Ok(value) = HeaderValue::from_str(&etag) {
         response.headers.insert(header::ETAG, value);

@@ -742,8 +742,11 @@ async fn read_flag(context: &AppContext, key: &str) -> Result<Option<bool>, BoxE
         )
         .into());
     }
-    Ok(response
+    let body: Option<Value> = response
         .body
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok());
+    Ok(body
         .as_ref()
         .and_then(|body| body.get(key))
         .and_then(Value::as_bool))
