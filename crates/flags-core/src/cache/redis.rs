@@ -81,8 +81,10 @@ return 0"
 /// its `expiresAt`: a refill after a flush, or a writer that does not bump the generation, changes
 /// them. Returns {generation, epoch, snapshot or false, overrides or false, 1 if held}.
 static READ_UNLESS_HELD: LazyLock<Script> = LazyLock::new(|| {
+    // `no-writes`: it also runs on a replica (after a failover) and while Redis is out of memory.
     Script::from_lua(
-        r"local function text(key)
+        r"#!lua flags=no-writes
+local function text(key)
   local value = redis.pcall('GET', key)
   if type(value) == 'string' then return value end
   return false
