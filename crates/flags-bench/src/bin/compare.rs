@@ -246,6 +246,8 @@ struct Row {
     summary: Summary,
     /// The server process's CPU time per request, in µs (user + system).
     cpu_us_per_request: Option<f64>,
+    /// This service's Redis server's CPU time per request, in µs (Edge has no other process).
+    redis_cpu_us_per_request: Option<f64>,
 }
 
 struct FlagCountNotes {
@@ -309,9 +311,15 @@ async fn compare(args: Args) -> Result<(), BoxError> {
     let keys_dir = work_dir.join("keys");
     let tokens = fixtures::mint_tokens(&keys_dir, args.users)?;
     let user_ids: Vec<String> = (0..args.users).map(|i| format!("bench-user-{i}")).collect();
-    let edge_version = edge_version(&args.edge)?;
+    if !args.edge.is_file() {
+        return Err(format!(
+            "Unleash Edge not found at {}: run scripts/compare.sh (it installs it into .tools/unleash-edge) or set UNLEASH_EDGE",
+            args.edge.display()
+        )
+        .into());
+    }
     let clock_ticks = clock_ticks_per_second();
-    eprintln!("compare: {edge_version} at {}", args.edge.display());
+    let mut edge_version = String::from("Unleash Edge (version not reported)");
 
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<FlagCountNotes> = Vec::new();
@@ -324,6 +332,7 @@ async fn compare(args: Args) -> Result<(), BoxError> {
                 .await?;
         seed_service(&database_url, &env, &flags).await?;
         let redis = OwnedRedis::start().await?;
+        let redis_pid = redis_pid(&redis).await;
         let ours = start_ours(
             &args,
             &database_url,
@@ -339,6 +348,13 @@ async fn compare(args: Args) -> Result<(), BoxError> {
             serde_json::to_vec_pretty(&unleash_bootstrap(&flags))?,
         )?;
         let edge = start_edge(&args, &bootstrap, &work_dir, count).await?;
+        if let Some(version) = reported_edge_version(&edge.base).await {
+            edge_version = format!("Unleash Edge {version}");
+        }
+        eprintln!(
+            "{count:>5} flags: {edge_version} at {}",
+            args.edge.display()
+        );
 
         let targets: Vec<(Arc<Target>, &Server)> = [&ours, &edge]
             .into_iter()
@@ -393,22 +409,28 @@ async fn compare(args: Args) -> Result<(), BoxError> {
         }
         for &clients in &args.clients {
             for (target, server) in &targets {
-                let cpu_before = cpu_seconds(server.pid(), clock_ticks);
+                let redis_pid = redis_pid.filter(|_| server.side == Side::Ours);
+                let cpu_before = cpu_seconds(Some(server.pid()), clock_ticks);
+                let redis_before = cpu_seconds(redis_pid, clock_ticks);
                 let summary = run(target, clients, Duration::from_secs(args.seconds)).await;
-                let cpu_after = cpu_seconds(server.pid(), clock_ticks);
-                let cpu_us_per_request = match (cpu_before, cpu_after) {
+                let cpu_after = cpu_seconds(Some(server.pid()), clock_ticks);
+                let redis_after = cpu_seconds(redis_pid, clock_ticks);
+                let per_request = |before: Option<f64>, after: Option<f64>| match (before, after) {
                     (Some(before), Some(after)) if summary.requests > 0 => {
                         Some((after - before) * 1e6 / summary.requests as f64)
                     }
                     _ => None,
                 };
+                let cpu_us_per_request = per_request(cpu_before, cpu_after);
+                let redis_cpu_us_per_request = per_request(redis_before, redis_after);
                 eprintln!(
-                    "{count:>5} flags {:<13} {clients:>3} clients: {:>8.0} req/s  p50 {} ms  p99 {} ms  cpu {} µs/req  errors {}",
+                    "{count:>5} flags {:<13} {clients:>3} clients: {:>8.0} req/s  p50 {} ms  p99 {} ms  cpu {}{} µs/req  errors {}",
                     target.side.name(),
                     summary.per_second,
                     ms(summary.p50),
                     ms(summary.p99),
                     cpu_us_per_request.map_or("–".to_owned(), |c| format!("{c:.0}")),
+                    redis_cpu_us_per_request.map_or(String::new(), |c| format!(" + Redis {c:.0}")),
                     summary.errors
                 );
                 rows.push(Row {
@@ -417,6 +439,7 @@ async fn compare(args: Args) -> Result<(), BoxError> {
                     side: target.side,
                     summary,
                     cpu_us_per_request,
+                    redis_cpu_us_per_request,
                 });
             }
         }
@@ -651,14 +674,18 @@ async fn run(target: &Arc<Target>, clients: usize, duration: Duration) -> Summar
     Summary::of(&all, start.elapsed())
 }
 
-fn edge_version(edge: &Path) -> Result<String, BoxError> {
-    let output = Command::new(edge).arg("--version").output().map_err(|e| {
-        format!(
-            "Unleash Edge not found at {} ({e}): run scripts/compare.sh (it installs it into .tools/unleash-edge) or set UNLEASH_EDGE",
-            edge.display()
-        )
-    })?;
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+/// The version a running Edge reports (`GET /internal-backstage/instancedata`; the binary has
+/// no `--version`).
+async fn reported_edge_version(base: &str) -> Option<String> {
+    let body: serde_json::Value = reqwest::get(format!("{base}/internal-backstage/instancedata"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body["this_instance"]["edgeVersion"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// `getconf CLK_TCK` (the unit of /proc/<pid>/stat's times), 100 when unknown.
@@ -671,8 +698,17 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// The process id of a Redis server (`INFO server`).
+async fn redis_pid(redis: &OwnedRedis) -> Option<u32> {
+    let info = redis.cli(&["INFO", "server"]).await.ok()?;
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+}
+
 /// User + system CPU seconds of a process so far (Linux `/proc`); `None` elsewhere.
-fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
+fn cpu_seconds(pid: Option<u32>, ticks_per_second: f64) -> Option<f64> {
+    let pid = pid?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -733,18 +769,23 @@ fn report(
             .find(|r| r.flags == flags && r.clients == clients && r.side == side)
     };
     let cpu = |row: &Row| {
-        row.cpu_us_per_request
-            .map_or("–".to_owned(), |c| format!("{c:.0}"))
+        let process = row
+            .cpu_us_per_request
+            .map_or("–".to_owned(), |c| format!("{c:.0}"));
+        match row.redis_cpu_us_per_request {
+            Some(redis) => format!("{process} + {redis:.0}"),
+            None => process,
+        }
     };
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "This service (commit {commit}: local server, PostgreSQL + Redis cache, `GET /config/flags` with a bearer token) beside {edge_version} (offline mode, `GET {}?userId=<id>` with a frontend token), one run; {} users drawn at random per request, {} s per row after a {} s warm-up, each client one keep-alive connection. Ratio = this service's req/s / Edge's at the same flag count and clients. CPU = the server process's user + system time per request.\n",
+        "This service (commit {commit}: local server, PostgreSQL + Redis cache, `GET /config/flags` with a bearer token) beside {edge_version} (offline mode, `GET {}?userId=<id>` with a frontend token), one run; {} users drawn at random per request, {} s per row after a {} s warm-up, each client one keep-alive connection. Ratio = this service's req/s / Edge's at the same flag count and clients. CPU = the server process's user + system time per request (this service: its process + its Redis server's).\n",
         args.edge_path, args.users, args.seconds, args.warmup_seconds
     );
     let _ = writeln!(
         out,
-        "| Flags | Clients | This service req/s | p50 ms | p99 ms | CPU µs/req | Edge req/s | p50 ms | p99 ms | CPU µs/req | Ratio (this / Edge) | Errors |"
+        "| Flags | Clients | This service req/s | p50 ms | p99 ms | CPU µs/req (+ Redis) | Edge req/s | p50 ms | p99 ms | CPU µs/req | Ratio (this / Edge) | Errors |"
     );
     let _ = writeln!(
         out,
