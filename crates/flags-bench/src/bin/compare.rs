@@ -727,14 +727,41 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// `HEAD`, and the last commit that changed the service's code (what the numbers are of).
 fn git_commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned())
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|o| !o.is_empty())
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    let service = git(&[
+        "log",
+        "-1",
+        "--format=%h",
+        "--",
+        "crates/flags-core",
+        "crates/flags-api",
+        "crates/flags-local",
+        "Cargo.lock",
+    ]);
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "crates/flags-core",
+        "crates/flags-api",
+        "crates/flags-local",
+    ])
+    .map_or("", |_| ", with uncommitted changes");
+    match service {
+        Some(service) => format!("{head}, service code as of {service}{dirty}"),
+        None => head,
+    }
 }
 
 fn thousands(value: f64) -> String {
