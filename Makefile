@@ -90,5 +90,12 @@ propagation: services ## Write propagation (contract 3.1): a write's 2xx to the 
 writecost: services ## Write path cost before (5a51ee7) and after, in one run: admin updates and override upserts over HTTP
 	crates/flags-bench/scripts/writecost.sh
 
+.PHONY: compare
+
+# Installs Unleash Edge 20.1.0 into .tools/unleash-edge when missing (cargo install: 20+ minutes
+# the first time; UNLEASH_EDGE=path to use a binary already built), then runs both servers.
+compare: services ## This service beside Unleash Edge 20.1.0 (offline), one run: 5 and 1,000 flags, 1/10/50 clients, req/s, p50, p99, ratio
+	scripts/compare.sh
+
 -include mk/infra.mk
 -include mk/load.mk
