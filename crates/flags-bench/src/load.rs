@@ -188,3 +188,50 @@ fn sample(start: Instant, began: Instant, ok: bool, write: bool) -> Sample {
         write,
     }
 }
+
+/// `clients` closed loops over real HTTP for `duration`, each client with its own keep-alive
+/// connection and a random user (of `users`) per request; `request` builds the request for a
+/// user. A request counts as an error unless it answers `expected` with a complete body.
+pub async fn http_closed_loop<F>(
+    clients: usize,
+    duration: Duration,
+    users: usize,
+    expected: reqwest::StatusCode,
+    request: F,
+) -> crate::stats::Summary
+where
+    F: Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let request = Arc::new(request);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for client_index in 0..clients {
+        let request = Arc::clone(&request);
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut rng = StdRng::seed_from_u64(client_index as u64);
+            let mut samples = Vec::new();
+            while Instant::now() < deadline {
+                let user = rng.random_range(0..users.max(1));
+                let began = Instant::now();
+                let ok = match request(&client, user).send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        response.bytes().await.is_ok() && status == expected
+                    }
+                    Err(_) => false,
+                };
+                samples.push(sample(start, began, ok, false));
+            }
+            samples
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        if let Ok(samples) = task.await {
+            all.extend(samples);
+        }
+    }
+    crate::stats::Summary::of(&all, start.elapsed())
+}

@@ -29,13 +29,12 @@
 
 use clap::Parser;
 use flags_bench::fixtures::{self, BoxError, CacheChoice};
-use flags_bench::stats::{Sample, Summary, ms};
+use flags_bench::load;
+use flags_bench::stats::{Summary, ms};
 use flags_core::Config;
 use flags_core::domain::{Environment, FlagKey, NewFlag, Rollout};
 use flags_local::cors::{AllowedOrigins, DEFAULT_ALLOWED_ORIGINS};
 use flags_testkit::{OwnedRedis, free_port};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -633,45 +632,19 @@ async fn check(target: &Arc<Target>, flags: &[FlagSpec]) -> Result<Answers, BoxE
     })
 }
 
-/// `clients` tasks, each with its own keep-alive connection, for `duration`; a random user per
-/// request. Anything but a 200 with a complete body counts as an error.
+/// `clients` HTTP clients against one side for `duration`; anything but a 200 with a complete
+/// body counts as an error.
 async fn run(target: &Arc<Target>, clients: usize, duration: Duration) -> Summary {
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::with_capacity(clients);
-    for client_index in 0..clients {
-        let target = Arc::clone(target);
-        tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut rng = StdRng::seed_from_u64(client_index as u64);
-            let mut samples = Vec::new();
-            while Instant::now() < deadline {
-                let user = rng.random_range(0..target.user_ids.len());
-                let began = Instant::now();
-                let ok = match target.request(&client, user).send().await {
-                    Ok(response) => {
-                        let status = response.status();
-                        response.bytes().await.is_ok() && status == reqwest::StatusCode::OK
-                    }
-                    Err(_) => false,
-                };
-                samples.push(Sample {
-                    at: began - start,
-                    latency: began.elapsed(),
-                    ok,
-                    write: false,
-                });
-            }
-            samples
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        if let Ok(samples) = task.await {
-            all.extend(samples);
-        }
-    }
-    Summary::of(&all, start.elapsed())
+    let users = target.user_ids.len();
+    let target = Arc::clone(target);
+    load::http_closed_loop(
+        clients,
+        duration,
+        users,
+        reqwest::StatusCode::OK,
+        move |client, user| target.request(client, user),
+    )
+    .await
 }
 
 /// The version a running Edge reports (`GET /internal-backstage/instancedata`; the binary has

@@ -14,17 +14,15 @@
 
 use clap::Parser;
 use flags_bench::fixtures::{self, BoxError, CacheChoice};
-use flags_bench::stats::{Sample, Summary, ms};
+use flags_bench::load;
+use flags_bench::stats::{Summary, ms};
 use flags_core::domain::Environment;
 use flags_local::cors::{AllowedOrigins, DEFAULT_ALLOWED_ORIGINS};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -191,44 +189,18 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `clients` tasks, each with its own keep-alive connection, for `duration`.
+/// `clients` HTTP clients sending `kind` for `duration`.
 async fn run(target: &Arc<Target>, kind: Kind, clients: usize, duration: Duration) -> Summary {
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::with_capacity(clients);
-    for client_index in 0..clients {
-        let target = Arc::clone(target);
-        tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut rng = StdRng::seed_from_u64(client_index as u64);
-            let mut samples = Vec::new();
-            while Instant::now() < deadline {
-                let user = rng.random_range(0..target.user_ids.len());
-                let began = Instant::now();
-                let ok = match target.request(&client, kind, user).send().await {
-                    Ok(response) => {
-                        let status = response.status();
-                        response.bytes().await.is_ok() && status == kind.expected()
-                    }
-                    Err(_) => false,
-                };
-                samples.push(Sample {
-                    at: began - start,
-                    latency: began.elapsed(),
-                    ok,
-                    write: false,
-                });
-            }
-            samples
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        if let Ok(samples) = task.await {
-            all.extend(samples);
-        }
-    }
-    Summary::of(&all, start.elapsed())
+    let users = target.user_ids.len();
+    let target = Arc::clone(target);
+    load::http_closed_loop(
+        clients,
+        duration,
+        users,
+        kind.expected(),
+        move |client, user| target.request(client, kind, user),
+    )
+    .await
 }
 
 fn report(args: &Args, rows: &[(Kind, usize, Summary)]) -> String {

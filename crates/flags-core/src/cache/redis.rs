@@ -176,14 +176,7 @@ impl RedisCache {
         user_id: Option<&str>,
         held: HeldSnapshot,
     ) -> Result<CacheRead, CacheError> {
-        let mut keys = vec![
-            generation_key(env),
-            overrides_epoch_key(env),
-            snapshot_key(env),
-        ];
-        if let Some(user) = user_id {
-            keys.push(overrides_key(env, user));
-        }
+        let keys = read_keys(env, user_id);
         let args = vec![
             held.generation.clone(),
             held.tail.clone(),
@@ -309,6 +302,20 @@ impl RedisCache {
     }
 }
 
+/// What a read fetches: the generation, the overrides epoch, the snapshot and, for a user, the
+/// user's overrides (in this order).
+fn read_keys(env: &Environment, user_id: Option<&str>) -> Vec<String> {
+    let mut keys = vec![
+        generation_key(env),
+        overrides_epoch_key(env),
+        snapshot_key(env),
+    ];
+    if let Some(user) = user_id {
+        keys.push(overrides_key(env, user));
+    }
+    keys
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -334,14 +341,7 @@ impl FlagCache for RedisCache {
         if let Some(held) = self.held.get(env.as_str()).filter(|h| h.is_live(now_ms())) {
             return self.read_holding(env, user_id, held).await;
         }
-        let mut keys = vec![
-            generation_key(env),
-            overrides_epoch_key(env),
-            snapshot_key(env),
-        ];
-        if let Some(user) = user_id {
-            keys.push(overrides_key(env, user));
-        }
+        let keys = read_keys(env, user_id);
         let values: Vec<Value> = self
             .redis
             .run("mget", |client| async move { client.mget(keys).await })
