@@ -83,7 +83,8 @@ pub async fn evaluate_flag(
     let flag = flags
         .get(key.as_str())
         .ok_or_else(|| with_key(not_found()))?;
-    let evaluation = evaluation(flag, targeting_key.as_deref(), &overrides);
+    let context = EvaluationContext::new(targeting_key.as_deref(), &overrides);
+    let evaluation = evaluation(flag, context);
     Ok(ApiResponse::ok(&evaluation))
 }
 
@@ -119,9 +120,10 @@ pub async fn evaluate_flags(
     let mut response = if if_none_match(request, &etag) {
         ApiResponse::not_modified()
     } else {
+        let context = EvaluationContext::new(targeting_key.as_deref(), &overrides);
         let evaluations: Vec<Evaluation> = flags
             .values()
-            .map(|flag| evaluation(flag, targeting_key.as_deref(), &overrides))
+            .map(|flag| evaluation(flag, context))
             .collect();
         ApiResponse::ok(&BulkEvaluation { flags: evaluations })
     };
@@ -131,15 +133,7 @@ pub async fn evaluate_flags(
     Ok(response)
 }
 
-fn evaluation<'a>(
-    flag: &'a Flag,
-    targeting_key: Option<&str>,
-    overrides: &UserOverrides,
-) -> Evaluation<'a> {
-    let context = EvaluationContext {
-        user_id: targeting_key,
-        overrides,
-    };
+fn evaluation<'a>(flag: &'a Flag, context: EvaluationContext<'_>) -> Evaluation<'a> {
     let (value, reason) = evaluate_with_reason(flag, context);
     Evaluation {
         key: &flag.flag_key,

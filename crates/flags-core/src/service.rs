@@ -6,9 +6,9 @@ use crate::cache::{
 };
 use crate::domain::{
     APPLY_BATCH, Actor, ApplyOutcome, ApplyReport, AuditAction, AuditFilter, AuditPage,
-    Environment, EvaluationContext, Flag, FlagKey, FlagPatch, FlagSet, NewFlag, NewOverride,
-    NewSchedule, OverridePage, Schedule, Timestamp, UserOverride, UserOverrides, evaluate,
-    evaluate_all, random_jitter,
+    Environment, EvaluationContext, Evaluations, Flag, FlagKey, FlagPatch, FlagSet, NewFlag,
+    NewOverride, NewSchedule, OverridePage, Schedule, Timestamp, UserOverride, UserOverrides,
+    evaluate, random_jitter,
 };
 use crate::rate_limit::{OverrideRateLimiter, RateDecision, RateLimited};
 use crate::store::{
@@ -16,7 +16,7 @@ use crate::store::{
 };
 use chrono::TimeDelta;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
@@ -235,16 +235,10 @@ impl FlagService {
         &self,
         env: &Environment,
         user_id: Option<&str>,
-    ) -> Result<BTreeMap<String, bool>, ServiceError> {
+    ) -> Result<Evaluations, ServiceError> {
         let user_id = user_id.filter(|id| !id.is_empty());
         let (flags, overrides) = self.load(env, user_id).await?;
-        Ok(evaluate_all(
-            &flags,
-            EvaluationContext {
-                user_id,
-                overrides: &overrides,
-            },
-        ))
+        Ok(Evaluations::new(flags, user_id, overrides))
     }
 
     /// One flag evaluated for the caller; same rules and data as [`Self::evaluate_all`].
@@ -258,10 +252,7 @@ impl FlagService {
         let (flags, overrides) = self.load(env, user_id).await?;
         Ok(evaluate(
             flags.get(key.as_str()),
-            EvaluationContext {
-                user_id,
-                overrides: &overrides,
-            },
+            EvaluationContext::new(user_id, &overrides),
         ))
     }
 

@@ -213,7 +213,7 @@ async fn batch_and_single_evaluation_agree_with_overrides() {
         for name in ["off", "on", "half", "zero", "missing"] {
             let single = service.evaluate(&env, &key(name), user).await.unwrap();
             assert_eq!(
-                batch.get(name).copied().unwrap_or(false),
+                batch.get(name).unwrap_or(false),
                 single,
                 "{name} for {user:?}"
             );

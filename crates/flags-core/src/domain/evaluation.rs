@@ -2,14 +2,27 @@
 //! so the two cannot disagree.
 
 use super::{Flag, FlagSet, OverrideType, UserOverrides};
+use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 
-/// Who is asking: the caller's user id (the token's `sub`) and that user's overrides.
+/// Who is asking: the caller's rollout bucket (none when anonymous) and overrides.
 #[derive(Debug, Clone, Copy)]
 pub struct EvaluationContext<'a> {
-    pub user_id: Option<&'a str>,
-    pub overrides: &'a UserOverrides,
+    bucket: Option<u8>,
+    overrides: &'a UserOverrides,
+}
+
+impl<'a> EvaluationContext<'a> {
+    /// The bucket depends on the user id alone, so it is hashed here once for every flag the
+    /// context evaluates. A missing or empty id is anonymous.
+    pub fn new(user_id: Option<&str>, overrides: &'a UserOverrides) -> Self {
+        Self {
+            bucket: user_id.filter(|id| !id.is_empty()).map(bucket),
+            overrides,
+        }
+    }
 }
 
 /// The rollout bucket of a user: the first four bytes of SHA-256(UTF-8 id), big-endian, mod 100.
@@ -65,13 +78,10 @@ pub fn evaluate_with_reason(flag: &Flag, ctx: EvaluationContext<'_>) -> (bool, R
     if flag.rollout_percentage <= 0 {
         return (false, Reason::Static);
     }
-    match ctx.user_id.filter(|id| !id.is_empty()) {
+    match ctx.bucket {
         // Changed on purpose: anonymous callers are outside every partial rollout.
         None => (false, Reason::Default),
-        Some(id) => (
-            i32::from(bucket(id)) < flag.rollout_percentage,
-            Reason::Split,
-        ),
+        Some(bucket) => (i32::from(bucket) < flag.rollout_percentage, Reason::Split),
     }
 }
 
@@ -80,18 +90,85 @@ pub fn evaluate(flag: Option<&Flag>, ctx: EvaluationContext<'_>) -> bool {
     flag.is_some_and(|flag| evaluate_with_reason(flag, ctx).0)
 }
 
-/// Evaluates every flag of an environment for one caller.
-pub fn evaluate_all(flags: &FlagSet, ctx: EvaluationContext<'_>) -> BTreeMap<String, bool> {
-    flags
-        .iter()
-        .map(|(key, flag)| (key.clone(), evaluate(Some(flag), ctx)))
-        .collect()
+/// Every flag of an environment evaluated for one caller. Each value is computed where it is read
+/// or serialised, so the answer never exists as a map of copied keys.
+pub struct Evaluations {
+    flags: Arc<FlagSet>,
+    bucket: Option<u8>,
+    overrides: UserOverrides,
+}
+
+impl Evaluations {
+    pub fn new(flags: Arc<FlagSet>, user_id: Option<&str>, overrides: UserOverrides) -> Self {
+        let bucket = EvaluationContext::new(user_id, &overrides).bucket;
+        Self {
+            flags,
+            bucket,
+            overrides,
+        }
+    }
+
+    fn context(&self) -> EvaluationContext<'_> {
+        EvaluationContext {
+            bucket: self.bucket,
+            overrides: &self.overrides,
+        }
+    }
+
+    /// The value of one flag; `None` when the environment has no such flag.
+    pub fn get(&self, key: &str) -> Option<bool> {
+        let flag = self.flags.get(key)?;
+        Some(evaluate_with_reason(flag, self.context()).0)
+    }
+
+    /// Every flag's key and value, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, bool)> {
+        let context = self.context();
+        self.flags
+            .iter()
+            .map(move |(key, flag)| (key.as_str(), evaluate_with_reason(flag, context).0))
+    }
+
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+}
+
+/// Like a map's index: the value of a flag that exists, a panic otherwise.
+impl std::ops::Index<&str> for Evaluations {
+    type Output = bool;
+
+    fn index(&self, key: &str) -> &bool {
+        match self.get(key) {
+            Some(true) => &true,
+            Some(false) => &false,
+            None => panic!("no flag {key:?} in the evaluated environment"),
+        }
+    }
+}
+
+/// A JSON object `{"key": value, …}` with the keys sorted.
+impl Serialize for Evaluations {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl fmt::Debug for Evaluations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::Timestamp;
+    use std::collections::BTreeMap;
     use uuid::Uuid;
 
     /// Expectations produced independently with Python:
@@ -147,10 +224,7 @@ mod tests {
     }
 
     fn ctx<'a>(user: Option<&'a str>, overrides: &'a UserOverrides) -> EvaluationContext<'a> {
-        EvaluationContext {
-            user_id: user,
-            overrides,
-        }
+        EvaluationContext::new(user, overrides)
     }
 
     #[test]
@@ -267,16 +341,26 @@ mod tests {
             ("off".to_owned(), OverrideType::Include),
         ]
         .into();
+        let flags = Arc::new(flags);
         for (id, _) in BUCKET_VECTORS {
             for user in [Some(*id), None] {
                 let c = ctx(user, &overrides);
-                let batch = evaluate_all(&flags, c);
-                for (key, f) in &flags {
-                    assert_eq!(batch[key], evaluate(Some(f), c), "{key} for {user:?}");
-                }
+                let batch = Evaluations::new(flags.clone(), user, overrides.clone());
+                let single: BTreeMap<&str, bool> = flags
+                    .iter()
+                    .map(|(key, f)| (key.as_str(), evaluate(Some(f), c)))
+                    .collect();
+                assert_eq!(batch.iter().collect::<BTreeMap<_, _>>(), single, "{user:?}");
+                assert_eq!(
+                    serde_json::to_value(&batch).unwrap(),
+                    serde_json::to_value(&single).unwrap(),
+                    "{user:?}"
+                );
+                assert_eq!(batch.get("missing"), None);
             }
         }
-        let batch = evaluate_all(&flags, ctx(Some("user-123"), &overrides));
+        let batch = Evaluations::new(flags, Some("user-123"), overrides);
         assert!(batch["inc"] && !batch["exc"] && !batch["off"] && batch["half"]);
+        assert_eq!(batch.len(), 6);
     }
 }

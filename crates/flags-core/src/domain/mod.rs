@@ -8,7 +8,7 @@ mod time;
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter, AuditPage};
 pub use evaluation::{
-    EvaluationContext, Reason, bucket, evaluate, evaluate_all, evaluate_with_reason,
+    EvaluationContext, Evaluations, Reason, bucket, evaluate, evaluate_with_reason,
 };
 pub use names::{Environment, FlagKey, NameError, UserId, has_control_chars};
 pub use schedule::{
