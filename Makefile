@@ -80,7 +80,7 @@ coldstart: services tools-test ## Cold start, size and peak memory of a release 
 bench: ## Criterion micro-benchmarks: evaluating 10/100/1000 flags, decoding/encoding the snapshot
 	cargo bench --locked -p flags-bench --bench evaluation
 
-.PHONY: propagation writecost
+.PHONY: propagation writecost lambdawarm
 
 propagation: services ## Write propagation (contract 3.1): a write's 2xx to the first fresh read on another instance, healthy and under Redis faults
 	$(BENCH) propagation
@@ -89,6 +89,10 @@ propagation: services ## Write propagation (contract 3.1): a write's 2xx to the 
 # (its own worktree and target dir; several minutes the first time), then runs both servers.
 writecost: services ## Write path cost before (5a51ee7) and after, in one run: admin updates and override upserts over HTTP
 	crates/flags-bench/scripts/writecost.sh
+
+# Builds get-flags before the per-request cost work (522a3ed^) in target/lambdawarm-before/.
+lambdawarm: services tools-test ## Warm Lambda invocations under the emulator, before and after: handler p50/p99 at 5 and 1,000 flags
+	CARGO_LAMBDA=$(TEST_TOOLS)/bin/cargo-lambda crates/flags-bench/scripts/lambdawarm.sh
 
 .PHONY: compare
 

@@ -6,6 +6,8 @@
 //!   demoted to a replica, slowed down or filled with garbage, and while PostgreSQL is cut off;
 //! - `coldstart`: a release Lambda binary under the Lambda runtime emulator, from process start
 //!   to its first response, with its size and peak memory;
+//! - `lambdawarm`: warm invocations of release Lambda binaries (this version and an earlier one)
+//!   under the same emulator, timed by the handler itself;
 //! - `benches/evaluation.rs`: criterion micro-benchmarks of evaluation and snapshot decoding.
 //!
 //! Requests go through the same handler function the Lambda binaries and the local server call
@@ -13,6 +15,7 @@
 //! database are all on the measured path; only the HTTP hop is not.
 
 pub mod cache_events;
+pub mod emulator;
 pub mod fixtures;
 pub mod load;
 pub mod stats;

@@ -8,6 +8,7 @@
 //! `make coldstart` runs it; `--help` lists the options.
 
 use clap::Parser;
+use flags_bench::emulator::{self, Emulator};
 use flags_bench::fixtures::{self, BoxError};
 use flags_bench::stats::{ms, percentile};
 use flags_core::domain::Environment;
@@ -15,7 +16,6 @@ use flags_testkit::{OwnedRedis, free_port};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
@@ -58,10 +58,7 @@ async fn main() -> Result<(), BoxError> {
             )
         })?
         .len();
-    let event: Value = serde_json::from_str(&std::fs::read_to_string(format!(
-        "events/{}.json",
-        args.function
-    ))?)?;
+    let event = emulator::event(&args.function)?;
 
     let env = Environment::parse("production").map_err(|e| e.0)?;
     let database_url = fixtures::fresh_postgres_schema(
@@ -81,28 +78,7 @@ async fn main() -> Result<(), BoxError> {
         return Err("local keys give a JWKS file".into());
     };
 
-    let port = free_port()?;
-    let mut emulator = Command::new(&args.emulator)
-        .args([
-            "lambda",
-            "watch",
-            "--only-lambda-apis",
-            "-A",
-            "127.0.0.1",
-            "-P",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "{}: {e} (make tools-test installs it)",
-                args.emulator.display()
-            )
-        })?;
-    wait_for_port(port).await?;
+    let emulator = Emulator::start(&args.emulator).await?;
     let client = reqwest::Client::new();
 
     let base: Vec<(&str, String)> = vec![
@@ -125,21 +101,21 @@ async fn main() -> Result<(), BoxError> {
             env.push(("REDIS_URL", url));
         }
         // One unmeasured start fills the Redis cache and the page cache of the binary.
-        cold_start(&binary, &env, port, &client, &event).await?;
+        cold_start(&emulator, &binary, &env, &client, &event).await?;
         let mut row = Row {
             name,
             times: Vec::new(),
             peak_kib: Vec::new(),
         };
         for _ in 0..args.runs {
-            let (time, peak) = cold_start(&binary, &env, port, &client, &event).await?;
+            let (time, peak) = cold_start(&emulator, &binary, &env, &client, &event).await?;
             row.times.push(time);
             row.peak_kib.push(peak);
         }
         eprintln!("{name}: median {} ms", ms(median(&row.times)));
         rows.push(row);
     }
-    let _ = emulator.kill().await;
+    drop(emulator);
 
     let mut node = Vec::new();
     for _ in 0..args.runs {
@@ -158,43 +134,16 @@ async fn main() -> Result<(), BoxError> {
 /// Starts the function, invokes it once, and returns the time from start to the response and
 /// the process's peak resident memory.
 async fn cold_start(
+    emulator: &Emulator,
     binary: &PathBuf,
     env: &[(&str, String)],
-    port: u16,
     client: &reqwest::Client,
     event: &Value,
 ) -> Result<(Duration, u64), BoxError> {
-    let mut command = Command::new(binary);
-    command
-        .env_clear()
-        .env(
-            "AWS_LAMBDA_RUNTIME_API",
-            format!("http://127.0.0.1:{port}/.rt"),
-        )
-        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("RUST_LOG", "info")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
     let started = Instant::now();
-    let mut function: Child = command.spawn()?;
-    let response: Value = client
-        .post(format!(
-            "http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"
-        ))
-        .json(event)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let mut function: Child = emulator.function(binary, env).spawn()?;
+    emulator.invoke(client, event).await?;
     let elapsed = started.elapsed();
-    if response["statusCode"].as_i64() != Some(200) {
-        return Err(format!("cold start answered {response}").into());
-    }
     let peak = function.id().map_or(0, peak_resident_kib);
     let _ = function.kill().await;
     Ok((elapsed, peak))
@@ -211,20 +160,6 @@ fn peak_resident_kib(pid: u32) -> u64 {
                 .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-async fn wait_for_port(port: u16) -> Result<(), BoxError> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            return Err(format!("the emulator did not start on {port}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }
 
 fn median(values: &[Duration]) -> Duration {
