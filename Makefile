@@ -94,12 +94,16 @@ writecost: services ## Write path cost before (5a51ee7) and after, in one run: a
 lambdawarm: services tools-test ## Warm Lambda invocations under the emulator, before and after: handler p50/p99 at 5 and 1,000 flags
 	CARGO_LAMBDA=$(TEST_TOOLS)/bin/cargo-lambda crates/flags-bench/scripts/lambdawarm.sh
 
-.PHONY: compare
+.PHONY: compare flamegraph
 
 # Installs Unleash Edge 20.1.0 into .tools/unleash-edge when missing (cargo install: 20+ minutes
 # the first time; UNLEASH_EDGE=path to use a binary already built), then runs both servers.
 compare: services ## This service beside Unleash Edge 20.1.0 (offline), one run: 5 and 1,000 flags, 1/10/50 clients, req/s, p50, p99, ratio
 	scripts/compare.sh
+
+# Builds compare with the profiling profile (symbols) and installs inferno into .tools/inferno.
+flamegraph: services ## Flame graphs of this service under make compare's load (perf, inferno): target/bench/profile/
+	scripts/flamegraph.sh
 
 -include mk/infra.mk
 -include mk/load.mk

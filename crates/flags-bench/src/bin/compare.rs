@@ -82,6 +82,11 @@ struct Args {
     #[arg(long, default_value = "target/bench/compare.md")]
     out: PathBuf,
 
+    /// Run this service's server under `perf record --call-graph dwarf`, writing
+    /// `<dir>/perf-<flags>.data` (`make flamegraph`). The CPU columns stay the server's own.
+    #[arg(long)]
+    profile_ours: Option<PathBuf>,
+
     /// (Internal) serve this service on this database and print the address: the child mode.
     #[arg(long, hide = true)]
     serve_database_url: Option<String>,
@@ -187,15 +192,27 @@ impl Side {
     }
 }
 
-/// A server process, killed when dropped.
+/// A server process, stopped when dropped: a piped standard input is closed first (this service
+/// then returns, and a profiler around it writes its data), and it is killed if still running
+/// 10 s later.
 struct Server {
     side: Side,
     base: String,
     child: Child,
+    /// The serving process: the child itself, or the child's child under a profiler.
+    pid: u32,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(stdin) = self.child.stdin.take() {
+            drop(stdin);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -203,8 +220,18 @@ impl Drop for Server {
 
 impl Server {
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
+}
+
+/// The first child of a process (Linux `/proc`).
+fn first_child(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// What every client needs for one side.
@@ -471,7 +498,27 @@ fn start_ours(
     count: usize,
 ) -> Result<Server, BoxError> {
     let log = std::fs::File::create(work_dir.join(format!("service-{count}.log")))?;
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut command = match &args.profile_ours {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            let mut perf = Command::new("perf");
+            perf.args([
+                "record",
+                "--quiet",
+                "-F",
+                "997",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+            ])
+            .arg(dir.join(format!("perf-{count}.data")))
+            .arg("--")
+            .arg(std::env::current_exe()?);
+            perf
+        }
+        None => Command::new(std::env::current_exe()?),
+    };
+    let mut child = command
         .arg("--serve-database-url")
         .arg(database_url)
         .arg("--serve-redis-url")
@@ -500,10 +547,15 @@ fn start_ours(
             .into());
         }
     };
+    let pid = match args.profile_ours {
+        Some(_) => first_child(child.id()).ok_or("the profiled server has no process")?,
+        None => child.id(),
+    };
     Ok(Server {
         side: Side::Ours,
         base: format!("http://{address}"),
         child,
+        pid,
     })
 }
 
@@ -534,6 +586,7 @@ async fn start_edge(
     let mut server = Server {
         side: Side::Edge,
         base: format!("http://127.0.0.1:{port}"),
+        pid: child.id(),
         child,
     };
     let client = reqwest::Client::new();
