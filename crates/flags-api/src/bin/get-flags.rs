@@ -1,7 +1,6 @@
 //! Lambda function for `GET /config/flags`.
 use flags_api::Route;
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
-    flags_api::lambda::run(Route::GetFlags).await
+fn main() -> Result<(), lambda_http::Error> {
+    flags_api::lambda::start(flags_api::lambda::run(Route::GetFlags))
 }

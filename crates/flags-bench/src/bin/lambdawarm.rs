@@ -88,7 +88,10 @@ async fn main() -> Result<(), BoxError> {
     let client = reqwest::Client::new();
     let env = Environment::parse("production").map_err(|e| e.0)?;
     let mut rows = Vec::new();
-    for &count in &args.flags {
+    if args.flags.len() * args.binaries.len() > 15 {
+        return Err("at most 15 (flag count, binary) pairs: one Redis database each".into());
+    }
+    for (count_index, &count) in args.flags.iter().enumerate() {
         let database_url = fixtures::fresh_postgres_schema(
             &args.database.database_url,
             &format!("flags_lambdawarm_{count}"),
@@ -97,21 +100,29 @@ async fn main() -> Result<(), BoxError> {
         .await?;
         fixtures::seed_flags(&database_url, &env, count).await?;
         for (index, (label, binary)) in args.binaries.iter().enumerate() {
-            // Each binary its own Redis database: nothing one version cached is read by another.
+            // A Redis database per flag count and binary: nothing cached for one schema or by one
+            // version is read by another (the keys name the environment, not the schema).
+            let database = count_index * args.binaries.len() + index + 1;
             let function_env = [
                 ("DATABASE_URL", database_url.clone()),
-                ("REDIS_URL", format!("{}/{}", redis.url(), index + 1)),
+                ("REDIS_URL", format!("{}/{database}", redis.url())),
                 ("AUTH_JWKS_FILE", jwks.display().to_string()),
                 ("AUTH_ISSUER", issuer.clone()),
             ];
-            let (handler, round_trip, body_bytes) =
+            let (handler, round_trip, body) =
                 measure(&args, &emulator, &client, binary, &function_env, &event).await?;
+            let answered = serde_json::from_str::<serde_json::Map<String, Value>>(&body)
+                .map_or(0, |flags| flags.len());
+            if answered != count {
+                return Err(format!("{label}: {answered} flags answered, not {count}").into());
+            }
+
             let row = Row {
                 flags: count,
                 label: label.clone(),
                 handler,
                 round_trip,
-                body_bytes,
+                body_bytes: body.len(),
             };
             eprintln!(
                 "{count} flags, {label}: handler p50 {} µs",
@@ -125,7 +136,7 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// One binary started once: warm-up, then the measured invocations, each answered 200. Returns
-/// the handler's and the caller's times, sorted, and the size of the last body.
+/// the handler's and the caller's times, sorted, and the last body.
 async fn measure(
     args: &Args,
     emulator: &Emulator,
@@ -133,7 +144,7 @@ async fn measure(
     binary: &PathBuf,
     env: &[(&str, String)],
     event: &Value,
-) -> Result<(Vec<Duration>, Vec<Duration>, usize), BoxError> {
+) -> Result<(Vec<Duration>, Vec<Duration>, String), BoxError> {
     let mut function = emulator
         .function(binary, env)
         .stderr(Stdio::piped())
@@ -154,14 +165,14 @@ async fn measure(
         }
     });
     let mut round_trip = Vec::with_capacity(args.invocations);
-    let mut body_bytes = 0;
+    let mut body = String::new();
     for call in 0..args.warmup + args.invocations {
         let started = Instant::now();
         let response = emulator.invoke(client, event).await?;
         if call >= args.warmup {
             round_trip.push(started.elapsed());
         }
-        body_bytes = response["body"].as_str().map_or(0, str::len);
+        body = response["body"].as_str().unwrap_or_default().to_owned();
     }
     let mut handler = Vec::with_capacity(args.invocations);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -185,7 +196,7 @@ async fn measure(
     let mut handler = handler.split_off(args.warmup);
     handler.sort_unstable();
     round_trip.sort_unstable();
-    Ok((handler, round_trip, body_bytes))
+    Ok((handler, round_trip, body))
 }
 
 fn micros(value: Duration) -> String {
