@@ -7,13 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
+use flags_testkit::emulator::{self, emulator_command, wait_for_port};
 use fred::prelude::KeysInterface;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{
     free_port, insert_pending, local_keys, pending_rows, redis_client, redis_url,
     seeded_postgres_url, tool, unique, workspace_root,
@@ -29,17 +30,6 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "emulator did not start on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -102,40 +92,19 @@ fn auth_env(keys: &flags_local::keys::LocalKeys) -> Vec<(&'static str, String)> 
 /// The Lambda runtime emulator on a spare port, with only its runtime and invoke APIs.
 fn start_emulator() -> (Running, u16) {
     let port = free_port();
-    let emulator = Command::new(tool("CARGO_LAMBDA", "cargo-lambda"))
-        .args([
-            "lambda",
-            "watch",
-            "--only-lambda-apis",
-            "-A",
-            "127.0.0.1",
-            "-P",
-            &port.to_string(),
-        ])
+    let emulator = emulator_command(&tool("CARGO_LAMBDA", "cargo-lambda"), port)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("cargo-lambda runs");
     let emulator = Running(emulator);
-    wait_for_port(port);
+    wait_for_port(port).expect("the emulator starts");
     (emulator, port)
 }
 
 /// A function binary pointed at the emulator, with a clean environment (as in Lambda).
 fn function_command(function: &str, port: u16) -> Command {
-    let mut command = Command::new(release_binary(function));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "AWS_LAMBDA_RUNTIME_API",
-            format!("http://127.0.0.1:{port}/.rt"),
-        )
-        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("RUST_LOG", "info");
-    command
+    emulator::function_command(Path::new(release_binary(function)), port)
 }
 
 /// What the emulator's invoke API answered: 200 with the function's result, or (an error
@@ -181,10 +150,7 @@ impl Lambda {
     async fn invoke(&self, event: &Value) -> Invocation {
         let response = self
             .client
-            .post(format!(
-                "http://127.0.0.1:{}/2015-03-31/functions/_/invocations",
-                self.port
-            ))
+            .post(emulator::invoke_url(self.port))
             .json(event)
             .timeout(Duration::from_secs(30))
             .send()
@@ -943,7 +909,7 @@ impl Ssm {
                 .spawn()
                 .expect("moto_server runs"),
         );
-        wait_for_port(port);
+        wait_for_port(port).expect("moto_server starts");
         Self {
             _server: server,
             endpoint: format!("http://127.0.0.1:{port}"),

@@ -2,12 +2,25 @@
 //! binary polling it: what `coldstart` and `lambdawarm` run their invocations through.
 
 use crate::fixtures::BoxError;
+use flags_testkit::emulator::{emulator_command, function_command, invoke_url, wait_for_port};
 use flags_testkit::free_port;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::process::{Child, Command};
+
+/// The emulator binary (`--emulator`).
+#[derive(Debug, clap::Args)]
+pub struct EmulatorArg {
+    /// The Lambda runtime emulator (cargo-lambda); `make tools-test` installs it.
+    #[arg(
+        long = "emulator",
+        env = "CARGO_LAMBDA",
+        default_value = ".tools/test/bin/cargo-lambda"
+    )]
+    pub cargo_lambda: PathBuf,
+}
 
 /// The emulator's Runtime API and Invoke API on a spare port; stopped when dropped.
 #[derive(Debug)]
@@ -17,19 +30,10 @@ pub struct Emulator {
 }
 
 impl Emulator {
-    /// Starts `cargo-lambda` (`make tools-test` installs it) and waits for its port.
+    /// Starts `cargo-lambda` and waits for its port.
     pub async fn start(cargo_lambda: &Path) -> Result<Self, BoxError> {
         let port = free_port()?;
-        let process = Command::new(cargo_lambda)
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-            ])
+        let process = Command::from(emulator_command(cargo_lambda, port))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -40,7 +44,7 @@ impl Emulator {
                     cargo_lambda.display()
                 )
             })?;
-        wait_for_port(port).await?;
+        tokio::task::spawn_blocking(move || wait_for_port(port)).await??;
         Ok(Self {
             port,
             _process: process,
@@ -50,32 +54,19 @@ impl Emulator {
     /// A function process for `binary` that will poll this emulator, with only `env` (and the
     /// variables the Lambda runtime needs) in its environment; its output is discarded unless
     /// the caller pipes it.
-    pub fn function(&self, binary: &PathBuf, env: &[(&str, String)]) -> Command {
-        let mut command = Command::new(binary);
+    pub fn function(&self, binary: &Path, env: &[(&str, String)]) -> Command {
+        let mut command = Command::from(function_command(binary, self.port));
         command
-            .env_clear()
-            .env(
-                "AWS_LAMBDA_RUNTIME_API",
-                format!("http://127.0.0.1:{}/.rt", self.port),
-            )
-            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-            .env("RUST_LOG", "info")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
         command
     }
-
     /// Invokes the function with `event` and returns its API Gateway response, which must be 200.
     pub async fn invoke(&self, client: &reqwest::Client, event: &Value) -> Result<Value, BoxError> {
         let response: Value = client
-            .post(format!(
-                "http://127.0.0.1:{}/2015-03-31/functions/_/invocations",
-                self.port
-            ))
+            .post(invoke_url(self.port))
             .json(event)
             .timeout(Duration::from_secs(30))
             .send()
@@ -94,18 +85,4 @@ pub fn event(function: &str) -> Result<Value, BoxError> {
     let path = format!("events/{function}.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     Ok(serde_json::from_str(&text)?)
-}
-
-async fn wait_for_port(port: u16) -> Result<(), BoxError> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            return Err(format!("the emulator did not start on {port}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }

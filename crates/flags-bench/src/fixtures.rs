@@ -126,6 +126,23 @@ pub fn mint_tokens(dir: &Path, users: usize) -> Result<Tokens, BoxError> {
     })
 }
 
+/// Environment variables of a process, as (name, value).
+pub type ProcessEnv = Vec<(&'static str, String)>;
+
+/// Tokens for `users` users, signed by the keys in `target/bench/keys`, and the environment that
+/// makes a Lambda function verify them (`AUTH_JWKS_FILE`, `AUTH_ISSUER`).
+pub fn lambda_tokens(users: usize) -> Result<(Tokens, ProcessEnv), BoxError> {
+    let tokens = mint_tokens(&std::env::current_dir()?.join("target/bench/keys"), users)?;
+    let AuthConfig::JwksFile { path, issuer, .. } = &tokens.auth else {
+        return Err("local keys give a JWKS file".into());
+    };
+    let env = vec![
+        ("AUTH_JWKS_FILE", path.display().to_string()),
+        ("AUTH_ISSUER", issuer.clone()),
+    ];
+    Ok((tokens, env))
+}
+
 /// Which cache the service under test uses.
 #[derive(Debug, Clone)]
 pub enum CacheChoice {

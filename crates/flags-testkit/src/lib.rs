@@ -5,8 +5,10 @@
 //! - [`OwnedRedis`]: a `redis-server` on a spare port that the test owns, so it can be killed,
 //!   restarted, frozen (SIGSTOP), thawed and demoted without touching the shared server;
 //! - [`TcpProxy`]: a proxy between the service and a server that passes, cuts or delays traffic;
-//! - [`free_port`]: a local port nothing listens on right now.
+//! - [`free_port`]: a local port nothing listens on right now;
+//! - [`emulator`]: the Lambda runtime emulator and the function processes that poll it.
 
+pub mod emulator;
 pub mod proxy;
 pub mod redis_server;
 

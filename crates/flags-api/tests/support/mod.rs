@@ -160,9 +160,5 @@ pub fn tool(env_var: &str, name: &str) -> PathBuf {
 
 /// A local port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    flags_testkit::free_port().unwrap()
 }

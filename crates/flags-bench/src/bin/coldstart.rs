@@ -15,7 +15,7 @@ use flags_core::domain::Environment;
 use flags_testkit::{OwnedRedis, free_port};
 use serde_json::Value;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
@@ -29,13 +29,8 @@ struct Args {
     /// Cold starts per configuration.
     #[arg(long, default_value_t = 20)]
     runs: usize,
-    /// The Lambda runtime emulator (cargo-lambda); `make tools-test` installs it.
-    #[arg(
-        long,
-        env = "CARGO_LAMBDA",
-        default_value = ".tools/test/bin/cargo-lambda"
-    )]
-    emulator: PathBuf,
+    #[command(flatten)]
+    emulator: emulator::EmulatorArg,
     #[arg(long, default_value = "target/bench/coldstart.md")]
     out: PathBuf,
 }
@@ -69,23 +64,13 @@ async fn main() -> Result<(), BoxError> {
     .await?;
     fixtures::seed_flags(&database_url, &env, 20).await?;
     let redis = OwnedRedis::start().await?;
-    let keys = std::env::current_dir()?.join("target/bench/keys");
-    let tokens = fixtures::mint_tokens(&keys, 1)?;
-    let flags_api::AuthConfig::JwksFile {
-        path: jwks, issuer, ..
-    } = &tokens.auth
-    else {
-        return Err("local keys give a JWKS file".into());
-    };
+    let (_tokens, auth_env) = fixtures::lambda_tokens(0)?;
 
-    let emulator = Emulator::start(&args.emulator).await?;
+    let emulator = Emulator::start(&args.emulator.cargo_lambda).await?;
     let client = reqwest::Client::new();
 
-    let base: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", database_url.clone()),
-        ("AUTH_JWKS_FILE", jwks.display().to_string()),
-        ("AUTH_ISSUER", issuer.clone()),
-    ];
+    let mut base: Vec<(&str, String)> = vec![("DATABASE_URL", database_url.clone())];
+    base.extend(auth_env);
     let configurations: [(&'static str, Option<String>); 3] = [
         ("Redis up (cache hit)", Some(redis.url())),
         ("No `REDIS_URL` (in-memory cache, database read)", None),
@@ -135,7 +120,7 @@ async fn main() -> Result<(), BoxError> {
 /// the process's peak resident memory.
 async fn cold_start(
     emulator: &Emulator,
-    binary: &PathBuf,
+    binary: &Path,
     env: &[(&str, String)],
     client: &reqwest::Client,
     event: &Value,

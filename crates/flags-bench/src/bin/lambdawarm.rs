@@ -15,7 +15,7 @@ use flags_core::domain::Environment;
 use flags_testkit::OwnedRedis;
 use serde_json::Value;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -38,13 +38,8 @@ struct Args {
     /// Unmeasured invocations first (fill the cache, warm the token cache and connections).
     #[arg(long, default_value_t = 100)]
     warmup: usize,
-    /// The Lambda runtime emulator (cargo-lambda); `make tools-test` installs it.
-    #[arg(
-        long,
-        env = "CARGO_LAMBDA",
-        default_value = ".tools/test/bin/cargo-lambda"
-    )]
-    emulator: PathBuf,
+    #[command(flatten)]
+    emulator: emulator::EmulatorArg,
     #[arg(long, default_value = "target/bench/lambdawarm.md")]
     out: PathBuf,
 }
@@ -72,19 +67,12 @@ async fn main() -> Result<(), BoxError> {
             return Err(format!("{label}: {} is not a built binary", binary.display()).into());
         }
     }
-    let keys = std::env::current_dir()?.join("target/bench/keys");
-    let tokens = fixtures::mint_tokens(&keys, 1)?;
-    let flags_api::AuthConfig::JwksFile {
-        path: jwks, issuer, ..
-    } = &tokens.auth
-    else {
-        return Err("local keys give a JWKS file".into());
-    };
+    let (tokens, auth_env) = fixtures::lambda_tokens(1)?;
     let mut event = emulator::event("get-flags")?;
     event["headers"]["authorization"] = Value::from(format!("Bearer {}", tokens.users[0]));
 
     let redis = OwnedRedis::start().await?;
-    let emulator = Emulator::start(&args.emulator).await?;
+    let emulator = Emulator::start(&args.emulator.cargo_lambda).await?;
     let client = reqwest::Client::new();
     let env = Environment::parse("production").map_err(|e| e.0)?;
     let mut rows = Vec::new();
@@ -103,12 +91,11 @@ async fn main() -> Result<(), BoxError> {
             // A Redis database per flag count and binary: nothing cached for one schema or by one
             // version is read by another (the keys name the environment, not the schema).
             let database = count_index * args.binaries.len() + index + 1;
-            let function_env = [
+            let mut function_env = vec![
                 ("DATABASE_URL", database_url.clone()),
                 ("REDIS_URL", format!("{}/{database}", redis.url())),
-                ("AUTH_JWKS_FILE", jwks.display().to_string()),
-                ("AUTH_ISSUER", issuer.clone()),
             ];
+            function_env.extend(auth_env.iter().cloned());
             let (handler, round_trip, body) =
                 measure(&args, &emulator, &client, binary, &function_env, &event).await?;
             let answered = serde_json::from_str::<serde_json::Map<String, Value>>(&body)
@@ -141,7 +128,7 @@ async fn measure(
     args: &Args,
     emulator: &Emulator,
     client: &reqwest::Client,
-    binary: &PathBuf,
+    binary: &Path,
     env: &[(&str, String)],
     event: &Value,
 ) -> Result<(Vec<Duration>, Vec<Duration>, String), BoxError> {
