@@ -8,7 +8,7 @@ export REDIS_URL_TEST ?= redis://127.0.0.1:6379
 
 TEST_TOOLS := .tools/test
 
-.PHONY: help run test test-clients openapi lint fmt services tools-test load loadbench ofrepbench faults coldstart bench
+.PHONY: help run check test test-clients openapi lint fmt services tools-test load loadbench ofrepbench faults coldstart bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,6 +26,14 @@ $(TEST_TOOLS)/.installed: tools/requirements-test.txt
 	@rm -rf $(TEST_TOOLS) && python3 -m venv $(TEST_TOOLS)
 	@$(TEST_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --no-input -r tools/requirements-test.txt
 	@touch $@
+
+# The quick tier, in debug: every handler through `handle()` and every `events/*.json` through
+# lambda_http's parser, over SQLite and the in-memory cache, plus the unit tests. It needs no
+# server (the test kit's own tests, which start `redis-server`, run in `make test`); `make test`
+# runs the same tests again in release, next to the ones against PostgreSQL and Redis.
+check: ## Quick tier, no servers: rustfmt, unit tests, every handler and event in process over SQLite
+	cargo fmt --all -- --check
+	cargo test --locked --workspace --exclude flags-testkit --lib --test in_process
 
 # One release build serves the tests and the Lambda binaries the emulator tests run.
 test: services tools-test ## Run the whole test suite against real PostgreSQL and Redis
@@ -94,7 +102,11 @@ writecost: services ## Write path cost before (5a51ee7) and after, in one run: a
 lambdawarm: services tools-test ## Warm Lambda invocations under the emulator, before and after: handler p50/p99 at 5 and 1,000 flags
 	CARGO_LAMBDA=$(TEST_TOOLS)/bin/cargo-lambda crates/flags-bench/scripts/lambdawarm.sh
 
-.PHONY: compare flamegraph
+# Two cold debug builds in clones under a temporary folder: about 15 minutes on two cores.
+buildtime: ## Cold build of make run's flagctl, this commit beside 1549ebb (Lambda runtime and AWS SDK still built): seconds, crates
+	crates/flags-bench/scripts/buildtime.sh
+
+.PHONY: compare flamegraph buildtime
 
 # Installs Unleash Edge 20.1.0 into .tools/unleash-edge when missing (cargo install: 20+ minutes
 # the first time; UNLEASH_EDGE=path to use a binary already built), then runs both servers.

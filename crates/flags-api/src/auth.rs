@@ -171,6 +171,12 @@ impl TokenVerifier {
         }
     }
 
+    /// Whether the signing keys are loaded, fetching them if they are not (a failed fetch is
+    /// not repeated within [`FAILURE_MEMORY`]).
+    pub async fn has_keys(&self) -> bool {
+        self.current_keys().await.is_ok()
+    }
+
     fn loaded(&self) -> Option<Arc<JwkSet>> {
         self.keys.read().ok().and_then(|keys| keys.clone())
     }

@@ -119,12 +119,31 @@ pub struct Health {
     pub redis: &'static str,
     #[schema(pattern = "^(up|down)$")]
     pub database: &'static str,
+    /// Whether admin tokens can be verified: the signing keys are loaded (`up`), cannot be
+    /// fetched (`down`: every admin request fails until they can), or no verifier is configured.
+    #[schema(pattern = "^(up|down|disabled)$")]
+    pub auth: &'static str,
 }
 
-impl From<HealthReport> for Health {
-    fn from(report: HealthReport) -> Self {
+/// Whether tokens can be verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStatus {
+    /// The verifier holds its signing keys.
+    Up,
+    /// The verifier cannot fetch its signing keys.
+    Down,
+    /// No verifier is configured.
+    Disabled,
+}
+
+impl Health {
+    pub fn new(report: HealthReport, auth: AuthStatus) -> Self {
         Self {
-            status: if report.is_ok() { "ok" } else { "degraded" },
+            status: if report.is_ok() && auth != AuthStatus::Down {
+                "ok"
+            } else {
+                "degraded"
+            },
             cache: report.cache.map_or("none", |kind| kind.as_str()),
             redis: match report.redis {
                 RedisStatus::Up => "up",
@@ -132,6 +151,11 @@ impl From<HealthReport> for Health {
                 RedisStatus::Disabled => "disabled",
             },
             database: if report.database_up { "up" } else { "down" },
+            auth: match auth {
+                AuthStatus::Up => "up",
+                AuthStatus::Down => "down",
+                AuthStatus::Disabled => "disabled",
+            },
         }
     }
 }

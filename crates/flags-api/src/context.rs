@@ -1,6 +1,7 @@
 //! Everything a handler needs, built once per execution environment (Lambda init) or once per
-//! local server: configuration (environment and SSM), the flag service with its database pool
-//! and Redis client, and the token verifier.
+//! local server from a resolved configuration: the flag service with its database pool and
+//! Redis client, and the token verifier. Where the configuration comes from is the caller's
+//! part (`crate::lambda`: environment and SSM; `flags-local`: `.env.local` and defaults).
 
 use crate::auth::TokenVerifier;
 use flags_core::FlagService;
@@ -102,62 +103,6 @@ impl AuthConfig {
     }
 }
 
-/// The database and Redis URLs, from SSM SecureString parameters when their names are
-/// configured (one `GetParameters` call, with decryption), else from the environment.
-pub async fn resolve_urls(
-    lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<(String, Option<String>), InitError> {
-    let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-    let database_param = get("DATABASE_URL_SSM_PARAMETER");
-    let redis_param = get("REDIS_URL_SSM_PARAMETER");
-    let mut from_ssm = std::collections::HashMap::new();
-    let names: Vec<String> = database_param
-        .iter()
-        .chain(redis_param.iter())
-        .cloned()
-        .collect();
-    if !names.is_empty() {
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let client = aws_sdk_ssm::Client::new(&sdk);
-        let output = client
-            .get_parameters()
-            .set_names(Some(names))
-            .with_decryption(true)
-            .send()
-            .await
-            .map_err(|e| InitError::Ssm(aws_sdk_ssm::error::DisplayErrorContext(e).to_string()))?;
-        for parameter in output.parameters() {
-            if let (Some(name), Some(value)) = (parameter.name(), parameter.value()) {
-                from_ssm.insert(name.to_owned(), value.to_owned());
-            }
-        }
-    }
-
-    let database_url = match &database_param {
-        Some(name) => from_ssm
-            .remove(name)
-            .ok_or_else(|| InitError::MissingParameter(name.clone()))?,
-        None => get("DATABASE_URL").ok_or_else(|| {
-            ConfigError::new(
-                "DATABASE_URL",
-                "set DATABASE_URL or DATABASE_URL_SSM_PARAMETER",
-            )
-        })?,
-    };
-    let redis_url = match &redis_param {
-        Some(name) => match from_ssm.remove(name) {
-            Some(value) => Some(value),
-            None => {
-                // Removing the parameter is the documented emergency fallback to the in-memory cache.
-                tracing::warn!(parameter = %name, "Redis URL parameter not found; using the in-memory cache");
-                None
-            }
-        },
-        None => get("REDIS_URL"),
-    };
-    Ok((database_url, redis_url))
-}
-
 /// What every handler gets.
 #[derive(Debug)]
 pub struct AppContext {
@@ -178,14 +123,5 @@ impl AppContext {
             verifier,
             redis,
         })
-    }
-
-    /// The Lambda configuration: process environment and SSM; never `.env` files.
-    pub async fn from_env() -> Result<Self, InitError> {
-        let lookup = |name: &str| std::env::var(name).ok();
-        let (database_url, redis_url) = resolve_urls(&lookup).await?;
-        let config = Config::new(database_url, redis_url).with_env_overrides(lookup)?;
-        let auth = AuthConfig::from_env(&lookup)?;
-        Self::new(&config, &auth).await
     }
 }

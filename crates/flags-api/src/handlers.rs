@@ -6,7 +6,8 @@
 use crate::api::{ApiError, ApiRequest, ApiResponse, MAX_BODY_BYTES, ValidationErrors};
 use crate::auth::{Caller, optional_caller, require_admin};
 use crate::bodies::{
-    AuditPageBody, CacheInvalidated, FlagDetail, FlagListItem, Health, OverridesPage, Pagination,
+    AuditPageBody, AuthStatus, CacheInvalidated, FlagDetail, FlagListItem, Health, OverridesPage,
+    Pagination,
 };
 use crate::context::AppContext;
 use crate::ofrep;
@@ -122,17 +123,22 @@ async fn get_flag(ctx: &AppContext, request: &ApiRequest) -> Result<ApiResponse,
 
 #[utoipa::path(get, path = "/health", tag = "operations", summary = "Health of the database and the cache",
     responses(
-        (status = 200, description = "The database answers (Redis may be down: the service still answers)", body = Health),
+        (status = 200, description = "The database answers (Redis or the token keys may be down: the service still answers)", body = Health),
         (status = 503, description = "The database does not answer", body = Health),
     ))]
 async fn health(ctx: &AppContext) -> ApiResponse {
     let report = ctx.service.health().await;
+    let auth = match &ctx.verifier {
+        Some(verifier) if verifier.has_keys().await => AuthStatus::Up,
+        Some(_) => AuthStatus::Down,
+        None => AuthStatus::Disabled,
+    };
     let status = if report.database_up {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    ApiResponse::json(status, json!(Health::from(report)))
+    ApiResponse::json(status, json!(Health::new(report, auth)))
 }
 
 #[utoipa::path(get, path = "/admin/flags", tag = "admin", summary = "List the flags of an environment",

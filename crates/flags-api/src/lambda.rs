@@ -1,18 +1,24 @@
 //! The Lambda edge: API Gateway HTTP API (payload v2) events in, responses out. Each function
 //! binary calls [`run`] with its route, on the runtime [`start`] builds; everything is built
-//! during init, before the runtime loop, and reused by every warm invocation.
+//! during init (configuration from the environment and SSM, pools, JWKS), before the runtime
+//! loop, and reused by every warm invocation.
 
 use crate::api::{ApiError, ApiRequest};
-use crate::context::AppContext;
+use crate::context::{AppContext, AuthConfig, InitError};
 use crate::handlers::handle;
 use crate::routes::Route;
 use bytes::Bytes;
+use flags_core::Config;
+use flags_core::config::ConfigError;
 use flags_core::domain::{ApplyReport, Timestamp};
 use flags_core::service::SweepReport;
+use flags_core::store::{FlagStore, StoreError};
 use flags_core::telemetry::{self, LogFormat};
+use flags_core::wiring::{WiringError, open_store};
 use lambda_http::{Body, LambdaEvent, Request, RequestExt, service_fn};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -29,10 +35,90 @@ pub fn start(
         .block_on(main)
 }
 
+/// The Lambda configuration: process environment and SSM; never `.env` files.
+async fn context_from_env() -> Result<AppContext, InitError> {
+    let lookup = |name: &str| std::env::var(name).ok();
+    let (database_url, redis_url) = resolve_urls(&lookup).await?;
+    let config = Config::new(database_url, redis_url).with_env_overrides(lookup)?;
+    let auth = AuthConfig::from_env(&lookup)?;
+    AppContext::new(&config, &auth).await
+}
+
+/// The database and Redis URLs, from SSM SecureString parameters when their names are
+/// configured (one `GetParameters` call, with decryption), else from the environment.
+pub async fn resolve_urls(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<(String, Option<String>), InitError> {
+    let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+    let database_param = get("DATABASE_URL_SSM_PARAMETER");
+    let redis_param = get("REDIS_URL_SSM_PARAMETER");
+    let names = database_param.iter().chain(redis_param.iter()).cloned();
+    let mut from_ssm = read_parameters(names.collect()).await?;
+    let database_url = required_url(
+        &get,
+        &mut from_ssm,
+        "DATABASE_URL",
+        "DATABASE_URL_SSM_PARAMETER",
+    )?;
+    let redis_url = match &redis_param {
+        Some(name) => match from_ssm.remove(name) {
+            Some(value) => Some(value),
+            None => {
+                // Removing the parameter is the documented emergency fallback to the in-memory cache.
+                tracing::warn!(parameter = %name, "Redis URL parameter not found; using the in-memory cache");
+                None
+            }
+        },
+        None => get("REDIS_URL"),
+    };
+    Ok((database_url, redis_url))
+}
+
+/// SecureString parameters by name, decrypted, in one `GetParameters` call (none for no name);
+/// a parameter that does not exist is absent from the map.
+async fn read_parameters(names: Vec<String>) -> Result<HashMap<String, String>, InitError> {
+    let mut values = HashMap::new();
+    if names.is_empty() {
+        return Ok(values);
+    }
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let output = aws_sdk_ssm::Client::new(&sdk)
+        .get_parameters()
+        .set_names(Some(names))
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| InitError::Ssm(aws_sdk_ssm::error::DisplayErrorContext(e).to_string()))?;
+    for parameter in output.parameters() {
+        if let (Some(name), Some(value)) = (parameter.name(), parameter.value()) {
+            values.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    Ok(values)
+}
+
+/// A URL that must be configured: the parameter that `parameter_variable` names (read into
+/// `from_ssm`), else the environment variable `variable`.
+fn required_url(
+    get: &impl Fn(&str) -> Option<String>,
+    from_ssm: &mut HashMap<String, String>,
+    variable: &'static str,
+    parameter_variable: &'static str,
+) -> Result<String, InitError> {
+    match get(parameter_variable) {
+        Some(name) => from_ssm
+            .remove(&name)
+            .ok_or(InitError::MissingParameter(name)),
+        None => get(variable).ok_or_else(|| {
+            ConfigError::new(variable, format!("set {variable} or {parameter_variable}")).into()
+        }),
+    }
+}
+
 /// Init shared by every function: configuration, pools, Redis client, JWKS.
 async fn init() -> Result<Arc<AppContext>, lambda_http::Error> {
     telemetry::init(LogFormat::Json);
-    match AppContext::from_env().await {
+    match context_from_env().await {
         Ok(context) => Ok(Arc::new(context)),
         Err(error) => {
             // Fails the init phase with a message that names what is wrong, never a secret.
@@ -48,11 +134,11 @@ pub async fn run(route: Route) -> Result<(), lambda_http::Error> {
     lambda_http::run(service_fn(move |event: Request| {
         let context = context.clone();
         async move {
-            Ok::<_, std::convert::Infallible>(
-                handle(&context, route, into_api_request(event))
-                    .await
-                    .into_http::<Body>(),
-            )
+            let response = handle(&context, route, into_api_request(event)).await;
+            if response.status.is_server_error() {
+                emit_server_error_metric();
+            }
+            Ok::<_, std::convert::Infallible>(response.into_http::<Body>())
         }
     }))
     .await
@@ -136,22 +222,71 @@ pub async fn run_scheduled_work(context: &AppContext) -> Result<SchedulerReport,
     })
 }
 
-/// Writes `OverdueScheduleSeconds` as a CloudWatch Embedded Metric Format line: Lambda's log
-/// stream turns it into a metric, which the template's overdue alarm watches.
+/// `OverdueScheduleSeconds`, which the template's overdue alarm watches.
 fn emit_overdue_metric(seconds: u64) {
-    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default();
-    let line = json!({
+    emit_metric(
+        "OverdueScheduleSeconds",
+        "Seconds",
+        seconds,
+        &[Dimension::FunctionName],
+    );
+}
+
+/// `ServerErrorResponses` of this function version: a handler that turns a failure into a 5xx
+/// answer is no Lambda error, so the canary's errors alarm counts these with the version's
+/// `Errors`.
+fn emit_server_error_metric() {
+    emit_metric(
+        "ServerErrorResponses",
+        "Count",
+        1,
+        &[Dimension::FunctionName, Dimension::ExecutedVersion],
+    );
+}
+
+/// A metric dimension whose value is the running function's.
+#[derive(Debug, Clone, Copy)]
+enum Dimension {
+    FunctionName,
+    ExecutedVersion,
+}
+
+impl Dimension {
+    fn name(self) -> &'static str {
+        match self {
+            Self::FunctionName => "FunctionName",
+            Self::ExecutedVersion => "ExecutedVersion",
+        }
+    }
+
+    /// From Lambda's environment.
+    fn value(self) -> String {
+        let variable = match self {
+            Self::FunctionName => "AWS_LAMBDA_FUNCTION_NAME",
+            Self::ExecutedVersion => "AWS_LAMBDA_FUNCTION_VERSION",
+        };
+        std::env::var(variable).unwrap_or_default()
+    }
+}
+
+/// Writes one metric as a CloudWatch Embedded Metric Format line (namespace `FeatureFlags`):
+/// Lambda's log stream turns it into a metric, with no API call from the function.
+fn emit_metric(name: &str, unit: &str, value: u64, dimensions: &[Dimension]) {
+    let names: Vec<&str> = dimensions.iter().map(|d| d.name()).collect();
+    let mut line = json!({
         "_aws": {
             "Timestamp": Timestamp::now().as_datetime().timestamp_millis(),
             "CloudWatchMetrics": [{
                 "Namespace": "FeatureFlags",
-                "Dimensions": [["FunctionName"]],
-                "Metrics": [{"Name": "OverdueScheduleSeconds", "Unit": "Seconds"}],
+                "Dimensions": [names],
+                "Metrics": [{"Name": name, "Unit": unit}],
             }],
         },
-        "FunctionName": function,
-        "OverdueScheduleSeconds": seconds,
+        name: value,
     });
+    for dimension in dimensions {
+        line[dimension.name()] = json!(dimension.value());
+    }
     println!("{line}");
 }
 
@@ -161,6 +296,66 @@ pub async fn run_scheduler() -> Result<(), lambda_http::Error> {
     lambda_http::lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
         let context = context.clone();
         async move { run_scheduled_work(&context).await }
+    }))
+    .await
+}
+
+/// What one migrate invocation did: the schema is at this migration's version.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationReport {
+    pub schema_version: i64,
+}
+
+/// A migration that did not apply; the invocation fails with it.
+#[derive(Debug, thiserror::Error)]
+#[error("the migrations did not apply: {0}")]
+pub struct MigrationFailed(#[from] StoreError);
+
+impl From<MigrationFailed> for lambda_http::lambda_runtime::Diagnostic {
+    fn from(error: MigrationFailed) -> Self {
+        Self {
+            error_type: "MigrationFailed".to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
+/// The store the migrate function writes the schema with: the login of its own parameter
+/// (`MIGRATION_DATABASE_URL_SSM_PARAMETER`, or `MIGRATION_DATABASE_URL`), which may create
+/// tables; the service's own login need not.
+async fn migration_store() -> Result<Arc<dyn FlagStore>, InitError> {
+    let lookup = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let names = lookup("MIGRATION_DATABASE_URL_SSM_PARAMETER");
+    let mut from_ssm = read_parameters(names.into_iter().collect()).await?;
+    let url = required_url(
+        &lookup,
+        &mut from_ssm,
+        "MIGRATION_DATABASE_URL",
+        "MIGRATION_DATABASE_URL_SSM_PARAMETER",
+    )?;
+    Ok(open_store(&url, 1).map_err(WiringError::from)?)
+}
+
+/// Init, then the runtime loop of the migrate function (any event): each invocation applies the
+/// pending migrations. An applied migration is skipped, and concurrent invocations wait on the
+/// migrator's lock in PostgreSQL, so the hook may run it for every function it gates.
+pub async fn run_migrator() -> Result<(), lambda_http::Error> {
+    telemetry::init(LogFormat::Json);
+    let store = match migration_store().await {
+        Ok(store) => store,
+        Err(error) => {
+            tracing::error!(error = %error, "initialisation failed");
+            return Err(error.into());
+        }
+    };
+    lambda_http::lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
+        let store = store.clone();
+        async move {
+            let schema_version = store.migrate().await?;
+            tracing::info!(schema_version, "migrations applied");
+            Ok::<_, MigrationFailed>(MigrationReport { schema_version })
+        }
     }))
     .await
 }

@@ -7,7 +7,9 @@ pub mod auth;
 pub mod bodies;
 pub mod context;
 pub mod handlers;
+#[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod local_keys;
 pub mod ofrep;
 pub mod openapi;
 pub mod routes;

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::{
-    free_port, insert_pending, local_keys, pending_rows, redis_client, redis_url,
-    seeded_postgres_url, tool, unique, workspace_root,
+    empty_postgres_url, free_port, insert_pending, local_keys, pending_rows, postgres,
+    redis_client, redis_url, seeded_postgres_url, tool, unique, workspace_root,
 };
 
 /// The admin whose token the tests put into the admin events (`events/admin-*.json`).
@@ -52,6 +52,7 @@ fn release_binary(function: &str) -> &'static str {
         "admin-list-schedules" => env!("CARGO_BIN_EXE_admin-list-schedules"),
         "admin-cancel-schedule" => env!("CARGO_BIN_EXE_admin-cancel-schedule"),
         "apply-schedules" => env!("CARGO_BIN_EXE_apply-schedules"),
+        "migrate" => env!("CARGO_BIN_EXE_migrate"),
         "not-found" => env!("CARGO_BIN_EXE_not-found"),
         "ofrep-evaluate-flag" => env!("CARGO_BIN_EXE_ofrep-evaluate-flag"),
         "ofrep-evaluate-flags" => env!("CARGO_BIN_EXE_ofrep-evaluate-flags"),
@@ -78,13 +79,16 @@ fn with_authorization(mut event: Value, value: Option<String>) -> Value {
 }
 
 /// The environment of a function that verifies tokens against `keys`' JWKS file.
-fn auth_env(keys: &flags_local::keys::LocalKeys) -> Vec<(&'static str, String)> {
+fn auth_env(keys: &flags_api::local_keys::LocalKeys) -> Vec<(&'static str, String)> {
     vec![
         ("AUTH_JWKS_FILE", keys.jwks_path().display().to_string()),
-        ("AUTH_ISSUER", flags_local::keys::LOCAL_ISSUER.to_owned()),
+        (
+            "AUTH_ISSUER",
+            flags_api::local_keys::LOCAL_ISSUER.to_owned(),
+        ),
         (
             "AUTH_CLIENT_ID",
-            flags_local::keys::LOCAL_CLIENT_ID.to_owned(),
+            flags_api::local_keys::LOCAL_CLIENT_ID.to_owned(),
         ),
     ]
 }
@@ -423,6 +427,8 @@ async fn every_function_answers(redis: Option<String>, expected_redis: &str) {
             "health" => {
                 assert_eq!(first["database"], "up", "{first}");
                 assert_eq!(first["redis"], expected_redis, "{first}");
+                // The JWKS file was read at init.
+                assert_eq!(first["auth"], "up", "{first}");
             }
             "get-flags" => assert_eq!(first["wishlist-gallery"], true, "{first}"),
             "get-flag" => assert_eq!(first["key"], "wishlist-gallery"),
@@ -782,7 +788,7 @@ async fn admin_functions_verify_tokens_and_answer_the_contract_bodies() {
     let keys = local_keys();
     let mut env = auth_env(&keys);
     env.push(("DATABASE_URL", database_url));
-    let issuer = flags_local::keys::LOCAL_ISSUER;
+    let issuer = flags_api::local_keys::LOCAL_ISSUER;
     let admin = ["admin".to_owned()];
     let admin_token = keys.mint(ADMIN_SUB, &admin, 600).unwrap();
     let id_token = keys
@@ -881,6 +887,104 @@ async fn the_openapi_function_serves_the_document_without_configuration() {
     let response = lambda.invoke_ok(&event("openapi")).await;
     assert_eq!(status(&response), 200, "{response}");
     assert_eq!(&body(&response), flags_api::openapi::document());
+}
+
+/// The `ServerErrorResponses` metric lines (Embedded Metric Format) in a function's logs.
+fn server_error_metrics(logs: &str) -> Vec<Value> {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line.get("ServerErrorResponses").is_some())
+        .collect()
+}
+
+/// A 5xx answer is no Lambda error, so the function writes it as a metric of its own version:
+/// the canary's errors alarm adds it to that version's errors. A 2xx answer writes none.
+#[tokio::test]
+async fn a_5xx_answer_is_counted_for_the_version_that_gave_it() {
+    let version = [
+        (
+            "AWS_LAMBDA_FUNCTION_NAME",
+            "feature-flags-test-health".to_owned(),
+        ),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "7".to_owned()),
+        ("REDIS_URL", "disabled".to_owned()),
+    ];
+    // Nothing listens on port 1: the health function answers 503.
+    let mut env = vec![(
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:1/unreachable".to_owned(),
+    )];
+    env.extend(version.clone());
+    let lambda = Lambda::start("health", &env);
+    let response = lambda.invoke_ok(&event("health")).await;
+    assert_eq!(status(&response), 503, "{response}");
+    let metrics = server_error_metrics(&lambda.logs());
+    assert_eq!(metrics.len(), 1, "{}", lambda.logs());
+    let metric = &metrics[0];
+    assert_eq!(metric["ServerErrorResponses"], 1);
+    assert_eq!(metric["FunctionName"], "feature-flags-test-health");
+    assert_eq!(metric["ExecutedVersion"], "7");
+    let declared = &metric["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(declared["Namespace"], "FeatureFlags");
+    assert_eq!(
+        declared["Dimensions"],
+        json!([["FunctionName", "ExecutedVersion"]])
+    );
+    assert_eq!(
+        declared["Metrics"],
+        json!([{"Name": "ServerErrorResponses", "Unit": "Count"}])
+    );
+
+    let mut env = vec![("DATABASE_URL", seeded_postgres_url().await)];
+    env.extend(version);
+    let lambda = Lambda::start("health", &env);
+    let response = lambda.invoke_ok(&event("health")).await;
+    assert_eq!(status(&response), 200, "{response}");
+    assert_eq!(server_error_metrics(&lambda.logs()), Vec::<Value>::new());
+}
+
+/// The migrate function applies every migration to an empty schema, from its own parameter
+/// (a login that may create tables), and a second invocation finds nothing left to apply.
+#[tokio::test]
+async fn the_migrate_function_applies_the_schema_from_its_own_parameter() {
+    let ssm = Ssm::start().await;
+    let url = empty_postgres_url().await;
+    ssm.put_secure("/feature-flags/test/migration-database-url", &url)
+        .await;
+    let mut env = ssm.env();
+    env.push((
+        "MIGRATION_DATABASE_URL_SSM_PARAMETER",
+        "/feature-flags/test/migration-database-url".to_owned(),
+    ));
+    let responses = invoke("migrate", &env, vec![event("migrate"), event("migrate")]).await;
+    let latest = std::fs::read_dir(workspace_root().join("crates/flags-core/migrations/postgres"))
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.split('_').next()?.parse::<i64>().ok()
+        })
+        .max()
+        .unwrap();
+    assert_eq!(responses, vec![json!({"schemaVersion": latest}); 2]);
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = current_schema() ORDER BY table_name",
+    )
+    .fetch_all(&mut postgres(&url).await)
+    .await
+    .unwrap();
+    assert!(
+        tables.contains(&"feature_flags".to_owned())
+            && tables.contains(&"flag_schedules".to_owned()),
+        "{tables:?}"
+    );
+
+    // Without its parameter the function does not start, and says which setting is missing.
+    let (_emulator, port) = start_emulator();
+    let output = function_command("migrate", port).output().unwrap();
+    assert!(!output.status.success());
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(logs.contains("MIGRATION_DATABASE_URL"), "{logs}");
 }
 
 #[tokio::test]

@@ -5,10 +5,10 @@
 mod support;
 
 use flags_api::auth::{AuthError, TokenVerifier};
-use flags_local::keys::{LOCAL_CLIENT_ID, LOCAL_ISSUER};
+use flags_api::local_keys::{LOCAL_CLIENT_ID, LOCAL_ISSUER};
 use support::local_keys;
 
-fn verifier(keys: &flags_local::keys::LocalKeys) -> TokenVerifier {
+fn verifier(keys: &flags_api::local_keys::LocalKeys) -> TokenVerifier {
     TokenVerifier::with_jwks_file(
         keys.jwks_path(),
         LOCAL_ISSUER,

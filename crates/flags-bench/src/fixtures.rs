@@ -3,26 +3,22 @@
 
 use crate::cache_events::CacheEvents;
 use async_trait::async_trait;
+use flags_api::local_keys::LocalKeys;
 use flags_api::{AppContext, AuthConfig};
 use flags_core::cache::{
     CacheError, CacheFill, CacheKind, CacheRead, Environments, EnvironmentsRead, FlagCache,
     Generation, InvalidateAllReport, Invalidation,
 };
 use flags_core::domain::{Environment, FlagKey, NewFlag, Rollout};
-use flags_core::rate_limit::{DEFAULT_WINDOW, OverrideRateLimiter};
+use flags_core::rate_limit::{AuditLogRateLimiter, DEFAULT_WINDOW, RateWindow};
 use flags_core::wiring::open_store;
 use flags_core::{Config, FlagService};
-use flags_local::keys::LocalKeys;
 use sqlx::{ConnectOptions, Connection};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Pool sizes of the local server (`flags-local`), which serves many clients at once.
-pub const DATABASE_POOL_SIZE: u32 = 10;
-pub const REDIS_POOL_SIZE: usize = 4;
 
 /// The PostgreSQL server a benchmark binary uses (`--database-url`).
 #[derive(Debug, clap::Args)]
@@ -163,15 +159,12 @@ pub async fn context(
         CacheChoice::Redis(url) => Some(url.clone()),
         CacheChoice::Memory | CacheChoice::None => None,
     };
-    let mut config = Config::new(database_url, redis_url);
-    config.database_pool_size = DATABASE_POOL_SIZE;
-    if let Some(redis) = config.redis.as_mut() {
-        redis.pool_size = REDIS_POOL_SIZE;
-    }
+    let config = Config::for_server(database_url, redis_url);
     let mut context = AppContext::new(&config, &tokens.auth).await?;
     if matches!(cache, CacheChoice::None) {
-        let store = open_store(database_url, DATABASE_POOL_SIZE)?;
-        let limiter = OverrideRateLimiter::new(None, config.override_rate_limit, DEFAULT_WINDOW);
+        let store = open_store(database_url, config.database_pool_size)?;
+        let window = RateWindow::new(config.override_rate_limit, DEFAULT_WINDOW);
+        let limiter = Arc::new(AuditLogRateLimiter::new(window));
         context.service = Arc::new(FlagService::new(store, Arc::new(NoCache), limiter));
     }
     Ok(Arc::new(context))

@@ -1,53 +1,15 @@
 //! Configuration from environment variables (contract §4). Values that may hold passwords are
 //! kept in [`Secret`], whose `Debug` never prints them; errors name the variable, not its value.
 
+pub use crate::redis::{MAX_REDIS_POOL_SIZE, RedisSettings};
+pub use crate::secret::{Secret, redact_url};
 use std::time::Duration;
 
 pub const DEFAULT_CACHE_TTL_SECS: u64 = 300;
-pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
-pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-pub const REDIS_MAX_ATTEMPTS: u32 = 3;
-/// Largest pool a process may open (AC1: at most 10 connections per process).
-pub const MAX_REDIS_POOL_SIZE: usize = 10;
-/// How long a write keeps retrying its cache invalidation before leaving it to the sweeper.
-pub const INVALIDATION_RETRY_BUDGET: Duration = Duration::from_secs(1);
 
 /// Values of `REDIS_URL` (or its SSM parameter) that mean "no Redis": the emergency switch back
 /// to the in-memory cache without a code change, and the documented local opt-out.
 const REDIS_DISABLED_VALUES: [&str; 3] = ["disabled", "none", "off"];
-
-/// A string that must not reach logs or response bodies.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-/// A URL fit for logs: the password (if any) replaced by `***`.
-pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            url.to_string()
-        }
-        Err(_) => "<unparseable url>".to_owned(),
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("configuration error in {variable}: {message}")]
@@ -66,27 +28,6 @@ impl ConfigError {
 }
 
 #[derive(Debug, Clone)]
-pub struct RedisSettings {
-    pub url: Secret,
-    pub connect_timeout: Duration,
-    pub command_timeout: Duration,
-    pub max_attempts: u32,
-    pub pool_size: usize,
-}
-
-impl RedisSettings {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: Secret::new(url),
-            connect_timeout: REDIS_CONNECT_TIMEOUT,
-            command_timeout: DEFAULT_REDIS_COMMAND_TIMEOUT,
-            max_attempts: REDIS_MAX_ATTEMPTS,
-            pool_size: 1,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: Secret,
     pub database_pool_size: u32,
@@ -98,9 +39,14 @@ pub struct Config {
     pub override_rate_limit: u32,
 }
 
+/// Pool sizes for a long-running server with concurrent requests (the local server, the
+/// benchmarks); a Lambda execution environment handles one request at a time.
+pub const SERVER_DATABASE_POOL_SIZE: u32 = 10;
+pub const SERVER_REDIS_POOL_SIZE: usize = 4;
+
 impl Config {
-    /// Defaults suit a Lambda function: one request at a time, so one database connection and
-    /// one Redis connection.
+    /// The Lambda profile: one request at a time, so one database connection and one Redis
+    /// connection.
     pub fn new(database_url: impl Into<String>, redis_url: Option<String>) -> Self {
         Self {
             database_url: Secret::new(database_url),
@@ -115,6 +61,16 @@ impl Config {
             memory_cache_max_bytes: crate::cache::DEFAULT_MEMORY_CACHE_MAX_BYTES,
             override_rate_limit: crate::rate_limit::DEFAULT_LIMIT,
         }
+    }
+
+    /// The server profile: pools sized for concurrent requests.
+    pub fn for_server(database_url: impl Into<String>, redis_url: Option<String>) -> Self {
+        let mut config = Self::new(database_url, redis_url);
+        config.database_pool_size = SERVER_DATABASE_POOL_SIZE;
+        if let Some(redis) = config.redis.as_mut() {
+            redis.pool_size = SERVER_REDIS_POOL_SIZE;
+        }
+        config
     }
 
     /// Reads the optional tuning variables on top of already-resolved URLs (which may come from
@@ -173,23 +129,6 @@ fn parse_var(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("rediss://:s3cret@cache.example:6379/0"),
-            "rediss://:***@cache.example:6379/0"
-        );
-        assert_eq!(
-            redact_url("postgres://app:pw@db/flags"),
-            "postgres://app:***@db/flags"
-        );
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-        assert!(!format!("{:?}", Secret::new("pw")).contains("pw"));
-    }
 
     #[test]
     fn tuning_variables_are_validated() {

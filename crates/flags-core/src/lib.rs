@@ -8,6 +8,8 @@ pub mod config;
 pub mod domain;
 pub mod rate_limit;
 pub mod redis;
+pub mod secret;
+pub mod seed;
 pub mod service;
 pub mod store;
 pub mod telemetry;

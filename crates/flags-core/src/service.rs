@@ -93,14 +93,14 @@ pub struct SweepReport {
 pub struct FlagService {
     store: Arc<dyn FlagStore>,
     cache: Arc<dyn FlagCache>,
-    rate_limiter: OverrideRateLimiter,
+    rate_limiter: Arc<dyn OverrideRateLimiter>,
 }
 
 impl FlagService {
     pub fn new(
         store: Arc<dyn FlagStore>,
         cache: Arc<dyn FlagCache>,
-        rate_limiter: OverrideRateLimiter,
+        rate_limiter: Arc<dyn OverrideRateLimiter>,
     ) -> Self {
         Self {
             store,
@@ -318,14 +318,16 @@ impl FlagService {
     }
 
     /// Where an override change is counted (contract §2.5): after the flag lookup, so a missing
-    /// flag is a 404 and never counted. With Redis the lookup comes first here; without it the
-    /// store looks the flag up and counts in the same transaction.
+    /// flag is a 404 and never counted. With a counter ahead of the store (Redis) the lookup
+    /// comes first here; otherwise the store looks the flag up and counts in one transaction.
     async fn override_limit(
         &self,
         env: &Environment,
         key: &FlagKey,
     ) -> Result<AuditLimit, ServiceError> {
-        if self.rate_limiter.counts_in_redis() && self.store.get_flag(env, key).await?.is_none() {
+        if self.rate_limiter.counts_before_the_change()
+            && self.store.get_flag(env, key).await?.is_none()
+        {
             return Err(ServiceError::FlagNotFound(key.to_string()));
         }
         match self.rate_limiter.check(env, key).await {

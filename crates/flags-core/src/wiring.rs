@@ -3,8 +3,8 @@
 
 use crate::cache::{FlagCache, MemoryCache, RedisCache};
 use crate::config::{Config, redact_url};
-use crate::rate_limit::{DEFAULT_WINDOW, OverrideRateLimiter};
-use crate::redis::RedisConnection;
+use crate::rate_limit::{AuditLogRateLimiter, DEFAULT_WINDOW, OverrideRateLimiter, RateWindow};
+use crate::redis::{RedisConnection, RedisRateLimiter};
 use crate::service::FlagService;
 use crate::store::{FlagStore, PostgresStore, SqliteStore, StoreError};
 use std::sync::Arc;
@@ -71,8 +71,11 @@ impl App {
                 config.memory_cache_max_bytes,
             )),
         };
-        let limiter =
-            OverrideRateLimiter::new(redis.clone(), config.override_rate_limit, DEFAULT_WINDOW);
+        let window = RateWindow::new(config.override_rate_limit, DEFAULT_WINDOW);
+        let limiter: Arc<dyn OverrideRateLimiter> = match &redis {
+            Some(connection) => Arc::new(RedisRateLimiter::new(connection.clone(), window)),
+            None => Arc::new(AuditLogRateLimiter::new(window)),
+        };
         tracing::info!(
             database = store.backend(),
             cache = cache.kind().as_str(),

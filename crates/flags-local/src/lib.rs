@@ -1,14 +1,15 @@
 //! Local development for the feature-flag service: the local HTTP server (same handlers as the
-//! Lambda functions), the local token issuer, configuration with embedded defaults, and the
-//! demo data. The `flagctl` binary is the command line over all of it.
+//! Lambda functions) and configuration with embedded defaults. The `flagctl` binary is the
+//! command line over it, the local token issuer (`flags_api::local_keys`) and the demo data
+//! (`flags_core::seed`).
 
 pub mod cors;
-pub mod keys;
-pub mod seed;
 pub mod server;
 pub mod settings;
 
 use flags_api::AppContext;
+use flags_api::local_keys::LocalKeys;
+use flags_core::seed;
 use std::sync::Arc;
 
 /// Builds the handler context for a local run: migrations applied (the embedded SQLite
@@ -16,12 +17,12 @@ use std::sync::Arc;
 /// verified against the local key pair unless the settings name a Cognito pool or JWKS file.
 pub async fn local_context(
     settings: &settings::LocalSettings,
-) -> Result<(Arc<AppContext>, keys::LocalKeys), String> {
+) -> Result<(Arc<AppContext>, LocalKeys), String> {
     settings
         .prepare_data_dir()
         .map_err(|e| format!("cannot create {}: {e}", settings.data_dir.display()))?;
-    let keys = keys::LocalKeys::load_or_create(&settings.keys_dir())
-        .map_err(|e| format!("local keys: {e}"))?;
+    let keys =
+        LocalKeys::load_or_create(&settings.keys_dir()).map_err(|e| format!("local keys: {e}"))?;
     let auth = settings.auth.clone().unwrap_or_else(|| keys.auth_config());
     let context = AppContext::new(&settings.config, &auth)
         .await

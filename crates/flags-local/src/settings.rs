@@ -41,12 +41,8 @@ impl LocalSettings {
         let data_dir = PathBuf::from(get("FLAGS_DATA_DIR").unwrap_or_else(|| DATA_DIR.to_owned()));
         let database_url = get("DATABASE_URL")
             .unwrap_or_else(|| format!("sqlite://{}/flags.db", data_dir.display()));
-        let mut config = Config::new(database_url, get("REDIS_URL"));
-        config.database_pool_size = 10;
-        if let Some(redis) = config.redis.as_mut() {
-            redis.pool_size = 4;
-        }
-        let config = config.with_env_overrides(&lookup)?;
+        let config =
+            Config::for_server(database_url, get("REDIS_URL")).with_env_overrides(&lookup)?;
         let port = match get("PORT") {
             None => DEFAULT_PORT,
             Some(raw) => raw

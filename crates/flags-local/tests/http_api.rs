@@ -6,8 +6,8 @@ mod common;
 use common::server::Server;
 use common::{free_port, local_keys, redis_url, seeded_postgres_url, unique};
 use flags_api::Route;
+use flags_api::local_keys::LOCAL_ISSUER;
 use flags_core::Config;
-use flags_local::keys::LOCAL_ISSUER;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -111,7 +111,7 @@ async fn public_routes() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         health,
-        json!({"status": "ok", "cache": "redis", "redis": "up", "database": "up"})
+        json!({"status": "ok", "cache": "redis", "redis": "up", "database": "up", "auth": "up"})
     );
 
     let (status, body) = server.get("/nothing/here", None).await;
@@ -748,7 +748,7 @@ async fn database_down_is_a_503_health_and_a_500_without_details() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         health,
-        json!({"status": "degraded", "cache": "memory", "redis": "disabled", "database": "down"})
+        json!({"status": "degraded", "cache": "memory", "redis": "disabled", "database": "down", "auth": "up"})
     );
     let (status, body) = server.get("/config/flags", None).await;
     assert_eq!(
@@ -784,7 +784,7 @@ async fn redis_down_still_answers_every_public_route() {
     );
     assert_eq!(
         health,
-        json!({"status": "degraded", "cache": "none", "redis": "down", "database": "up"})
+        json!({"status": "degraded", "cache": "none", "redis": "down", "database": "up", "auth": "up"})
     );
     assert_eq!(
         server

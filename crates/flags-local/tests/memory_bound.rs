@@ -9,7 +9,7 @@ mod common;
 
 use common::process::ServerProcess;
 use common::unique;
-use flags_local::keys::LocalKeys;
+use flags_api::local_keys::LocalKeys;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

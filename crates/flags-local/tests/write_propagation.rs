@@ -19,7 +19,7 @@ mod common;
 use common::process::ServerProcess;
 use common::server::{Http, Server};
 use common::{pending_invalidations, seeded_postgres_url, unique};
-use flags_local::keys::LocalKeys;
+use flags_api::local_keys::LocalKeys;
 use flags_local::settings::LocalSettings;
 use flags_testkit::{OwnedRedis, ProxyMode, TcpProxy};
 use reqwest::{Method, StatusCode};

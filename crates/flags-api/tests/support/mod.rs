@@ -8,8 +8,8 @@
 //! helpers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use flags_api::local_keys::LocalKeys;
 use flags_core::Config;
-use flags_local::keys::LocalKeys;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use std::path::PathBuf;
@@ -83,6 +83,17 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates a fresh schema, migrates and seeds it, and returns a URL whose connections use it.
 pub async fn seeded_postgres_url() -> String {
+    let url = empty_postgres_url().await;
+    let app = flags_core::App::build(&Config::new(url.clone(), None))
+        .await
+        .unwrap();
+    app.service.store().migrate().await.unwrap();
+    flags_core::seed::seed(&app.service).await.unwrap();
+    url
+}
+
+/// Creates a fresh, empty schema and returns a URL whose connections use it.
+pub async fn empty_postgres_url() -> String {
     let base = database_url();
     let schema = unique("e2e_");
     let mut admin = PgConnectOptions::from_str(&base)
@@ -98,13 +109,7 @@ pub async fn seeded_postgres_url() -> String {
         .unwrap();
     admin.close().await.unwrap();
     let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-    let app = flags_core::App::build(&Config::new(url.clone(), None))
-        .await
-        .unwrap();
-    app.service.store().migrate().await.unwrap();
-    flags_local::seed::seed(&app.service).await.unwrap();
-    url
+    format!("{base}{separator}options=-c%20search_path%3D{schema}")
 }
 
 /// A connection to the schema `database_url` names (its `search_path`).

@@ -6,10 +6,10 @@
 //! the options.
 
 use clap::Parser;
-use flags_bench::fixtures::{self, BoxError, CacheChoice, DATABASE_POOL_SIZE};
+use flags_bench::fixtures::{self, BoxError, CacheChoice};
 use flags_bench::load::{self, LoadPlan, Workload};
 use flags_bench::stats::{Summary, ms};
-use flags_core::config::MAX_REDIS_POOL_SIZE;
+use flags_core::config::{MAX_REDIS_POOL_SIZE, SERVER_DATABASE_POOL_SIZE};
 use flags_core::domain::Environment;
 use flags_testkit::{OwnedRedis, client_count, free_port};
 use sqlx::{ConnectOptions, Connection};
@@ -196,7 +196,7 @@ async fn main() -> Result<(), BoxError> {
         .filter_map(|r| r.connections)
         .any(|(redis, postgres)| {
             redis.unwrap_or(0) > MAX_REDIS_POOL_SIZE
-                || postgres.unwrap_or(0) > DATABASE_POOL_SIZE as usize
+                || postgres.unwrap_or(0) > SERVER_DATABASE_POOL_SIZE as usize
         });
     if errors > 0 || unbounded {
         return Err(format!("{errors} failed requests; connections unbounded: {unbounded}").into());

@@ -21,6 +21,7 @@ pub use payload::{decode_overrides, decode_snapshot, encode_overrides, encode_sn
 pub use redis::RedisCache;
 
 use crate::domain::{Environment, FlagSet, UserOverrides};
+use crate::redis::RedisError;
 use async_trait::async_trait;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -54,6 +55,16 @@ pub enum CacheError {
     Timeout,
     #[error("cache command failed: {0}")]
     Command(String),
+}
+
+impl From<RedisError> for CacheError {
+    fn from(error: RedisError) -> Self {
+        match error {
+            RedisError::Unavailable(reason) => Self::Unavailable(reason),
+            RedisError::Timeout => Self::Timeout,
+            RedisError::Command(message) => Self::Command(message),
+        }
+    }
 }
 
 /// An opaque token for an environment's invalidation counts (see the module docs). The

@@ -7,7 +7,6 @@ use super::{
     CacheError, CacheFill, CacheKind, CacheRead, Environments, EnvironmentsRead, FlagCache,
     Generation, InvalidateAllReport, Invalidation,
 };
-use crate::config::INVALIDATION_RETRY_BUDGET;
 use crate::domain::{Environment, FlagSet, UserOverrides};
 use crate::redis::{
     CACHE_PREFIX, RedisConnection, environments_generation_key, environments_key, generation_key,
@@ -20,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+/// How long a write keeps retrying its cache invalidation before leaving it to the sweeper.
+const INVALIDATION_RETRY_BUDGET: Duration = Duration::from_secs(1);
 /// SCAN page size for invalidate-all; each page (SCAN + DEL) runs under its own deadline.
 const SCAN_COUNT: u32 = 1_000;
 
@@ -299,6 +300,7 @@ impl RedisCache {
                 }
             })
             .await
+            .map_err(CacheError::from)
     }
 }
 
@@ -524,5 +526,6 @@ impl FlagCache for RedisCache {
                 |client| async move { client.ping::<()>(None).await },
             )
             .await
+            .map_err(CacheError::from)
     }
 }

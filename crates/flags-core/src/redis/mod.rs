@@ -1,5 +1,6 @@
-//! Redis: the process-wide client (`fred` configured for Lambda), a circuit breaker for the
-//! read path, a bounded retry for the write path, and every key format (`keys.rs`).
+//! Redis: its settings, the process-wide client (`fred` configured for Lambda), a circuit
+//! breaker for the read path, a bounded retry for the write path, every key format (`keys.rs`)
+//! and the shared counter of the override rate limit (`rate_limit.rs`).
 //!
 //! fred's defaults (no command timeout, reconnect forever or never) are wrong for a function
 //! that must answer quickly, so every timeout and the reconnect policy are set explicitly.
@@ -9,14 +10,15 @@
 //! read must not make the next write skip its invalidation.
 
 mod keys;
+mod rate_limit;
 
 pub use keys::{
     CACHE_PREFIX, environments_generation_key, environments_key, generation_key,
-    overrides_epoch_key, overrides_key, rate_limit_key, snapshot_key,
+    overrides_epoch_key, overrides_key, snapshot_key,
 };
+pub use rate_limit::RedisRateLimiter;
 
-use crate::cache::CacheError;
-use crate::config::{MAX_REDIS_POOL_SIZE, RedisSettings, redact_url};
+use crate::secret::{Secret, redact_url};
 use fred::prelude::{
     Builder, Client, ClientLike, Config, Error as FredError, EventInterface, Pool, ReconnectPolicy,
 };
@@ -37,6 +39,46 @@ const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(2);
 /// Pauses between attempts of a write-path command (doubling), within its overall budget.
 const WRITE_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(50);
 const WRITE_RETRY_MAX_PAUSE: Duration = Duration::from_millis(200);
+
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const REDIS_MAX_ATTEMPTS: u32 = 3;
+/// Largest pool a process may open (AC1: at most 10 connections per process).
+pub const MAX_REDIS_POOL_SIZE: usize = 10;
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: Secret,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub max_attempts: u32,
+    pub pool_size: usize,
+}
+
+impl RedisSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: Secret::new(url),
+            connect_timeout: REDIS_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_REDIS_COMMAND_TIMEOUT,
+            max_attempts: REDIS_MAX_ATTEMPTS,
+            pool_size: 1,
+        }
+    }
+}
+
+/// Why a Redis operation did not answer; the cache and the rate limiter each decide what that
+/// means for them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisError {
+    /// Known to be down (circuit open or not connected): nothing was sent.
+    #[error("redis unavailable: {0}")]
+    Unavailable(&'static str),
+    #[error("redis command timed out")]
+    Timeout,
+    #[error("redis command failed: {0}")]
+    Command(String),
+}
 
 /// A connected (or reconnecting) Redis pool shared by the cache and the rate limiter.
 #[derive(Clone)]
@@ -147,19 +189,19 @@ impl RedisConnection {
     }
 
     /// Runs one read-path Redis operation under the breaker and a hard deadline.
-    pub async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, CacheError>
+    pub async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, RedisError>
     where
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<T, FredError>>,
     {
         if !self.breaker.allows_request() {
-            return Err(CacheError::Unavailable("circuit open"));
+            return Err(RedisError::Unavailable("circuit open"));
         }
         let Some(client) = self.connected_client() else {
             // fred is reconnecting in the background; don't queue behind it. The cache is
             // used again as soon as fred reports a connection up.
             self.breaker.release_probe();
-            return Err(CacheError::Unavailable("not connected"));
+            return Err(RedisError::Unavailable("not connected"));
         };
         let result = self.attempt(op, self.command_timeout, f(client)).await;
         match &result {
@@ -178,7 +220,7 @@ impl RedisConnection {
         op: &'static str,
         budget: Duration,
         f: F,
-    ) -> Result<T, CacheError>
+    ) -> Result<T, RedisError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, FredError>>,
@@ -194,7 +236,7 @@ impl RedisConnection {
                     self.attempt(op, self.command_timeout.min(remaining), f(client))
                         .await
                 }
-                None => Err(CacheError::Unavailable("not connected")),
+                None => Err(RedisError::Unavailable("not connected")),
             };
             match result {
                 Ok(value) => {
@@ -221,12 +263,12 @@ impl RedisConnection {
         op: &'static str,
         limit: Duration,
         command: impl Future<Output = Result<T, FredError>>,
-    ) -> Result<T, CacheError> {
+    ) -> Result<T, RedisError> {
         match tokio::time::timeout(limit, command).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
                 tracing::warn!(redis_op = op, error = %error, "redis command failed");
-                Err(CacheError::Command(error.to_string()))
+                Err(RedisError::Command(error.to_string()))
             }
             Err(_) => {
                 tracing::warn!(
@@ -234,7 +276,7 @@ impl RedisConnection {
                     timeout_ms = limit.as_millis() as u64,
                     "redis command timed out"
                 );
-                Err(CacheError::Timeout)
+                Err(RedisError::Timeout)
             }
         }
     }

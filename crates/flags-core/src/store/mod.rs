@@ -116,7 +116,8 @@ pub trait FlagStore: Send + Sync + std::fmt::Debug {
     /// `postgres` or `sqlite`, for logs and the health report.
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> Result<(), StoreError>;
-    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Applies the pending migrations; returns the schema's version (the newest migration).
+    async fn migrate(&self) -> Result<i64, StoreError>;
 
     /// Names this database among others that may share one Redis (the test suite's schemas do):
     /// the cached list of environments is kept per database.

@@ -689,9 +689,9 @@ macro_rules! sql_flag_store {
                 Ok(())
             }
 
-            async fn migrate(&self) -> Result<(), StoreError> {
+            async fn migrate(&self) -> Result<i64, StoreError> {
                 $migrator.run(&self.pool).await?;
-                Ok(())
+                Ok($migrator.iter().map(|migration| migration.version).max().unwrap_or(0))
             }
 
             async fn list_environments(&self) -> Result<Vec<String>, StoreError> {

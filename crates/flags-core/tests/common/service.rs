@@ -9,8 +9,8 @@ use flags_core::domain::{
     Actor, AuditFilter, AuditPage, Environment, Flag, FlagKey, FlagPatch, NewFlag, NewOverride,
     NewSchedule, OverridePage, Schedule, Timestamp, UserOverride, UserOverrides,
 };
-use flags_core::rate_limit::{DEFAULT_WINDOW, OverrideRateLimiter};
-use flags_core::redis::RedisConnection;
+use flags_core::rate_limit::{AuditLogRateLimiter, DEFAULT_WINDOW, RateWindow};
+use flags_core::redis::{RedisConnection, RedisRateLimiter};
 use flags_core::store::{
     AuditLimit, AuditRecord, Committed, FlagStore, PendingId, PendingInvalidation, ScheduleClaim,
     StoreError,
@@ -38,20 +38,14 @@ pub fn service_with_redis(
         Duration::from_secs(300),
         store.cache_scope(),
     ));
-    FlagService::new(
-        store,
-        cache,
-        OverrideRateLimiter::new(Some(redis), rate_limit, DEFAULT_WINDOW),
-    )
+    let window = RateWindow::new(rate_limit, DEFAULT_WINDOW);
+    FlagService::new(store, cache, Arc::new(RedisRateLimiter::new(redis, window)))
 }
 
 pub fn service_with_memory(store: Arc<dyn FlagStore>) -> FlagService {
     let cache: Arc<dyn FlagCache> = Arc::new(MemoryCache::new(Duration::from_secs(300)));
-    FlagService::new(
-        store,
-        cache,
-        OverrideRateLimiter::new(None, 100, DEFAULT_WINDOW),
-    )
+    let window = RateWindow::new(100, DEFAULT_WINDOW);
+    FlagService::new(store, cache, Arc::new(AuditLogRateLimiter::new(window)))
 }
 
 /// Which read a [`PausingStore`] holds back.
@@ -123,7 +117,7 @@ impl FlagStore for PausingStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
-    async fn migrate(&self) -> Result<(), StoreError> {
+    async fn migrate(&self) -> Result<i64, StoreError> {
         self.inner.migrate().await
     }
     async fn list_environments(&self) -> Result<Vec<String>, StoreError> {

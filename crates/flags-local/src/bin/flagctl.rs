@@ -1,9 +1,9 @@
 //! `flagctl`: run the local server, mint local tokens, migrate and seed a database.
 
 use clap::{Parser, Subcommand};
+use flags_api::local_keys::LocalKeys;
 use flags_core::domain::{Schedule, Timestamp};
 use flags_core::telemetry::{self, LogFormat};
-use flags_local::keys::LocalKeys;
 use flags_local::settings::LocalSettings;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -90,7 +90,7 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Seed => {
             let (context, _) = flags_local::local_context(&settings).await?;
-            let created = flags_local::seed::seed(&context.service)
+            let created = flags_core::seed::seed(&context.service)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{created} demo flags created");

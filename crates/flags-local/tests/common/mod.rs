@@ -5,8 +5,8 @@
 pub mod process;
 pub mod server;
 
+use flags_api::local_keys::LocalKeys;
 use flags_core::Config;
-use flags_local::keys::LocalKeys;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 use std::path::PathBuf;
@@ -96,7 +96,7 @@ async fn migrated_and_seeded(url: String) -> String {
         .await
         .unwrap();
     app.service.store().migrate().await.unwrap();
-    flags_local::seed::seed(&app.service).await.unwrap();
+    flags_core::seed::seed(&app.service).await.unwrap();
     url
 }
 

@@ -3,8 +3,8 @@
 
 use super::local_keys;
 use flags_api::AppContext;
+use flags_api::local_keys::LocalKeys;
 use flags_core::Config;
-use flags_local::keys::LocalKeys;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::sync::Arc;

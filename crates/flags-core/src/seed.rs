@@ -1,8 +1,8 @@
 //! The demo flags of the original service, seeded into an empty local database.
 
-use flags_core::FlagService;
-use flags_core::domain::{Environment, FlagKey, NewFlag, Rollout};
-use flags_core::service::ServiceError;
+use crate::FlagService;
+use crate::domain::{Environment, FlagKey, NewFlag, Rollout};
+use crate::service::ServiceError;
 
 /// (key, enabled, rollout %, description) in production; development has every flag fully on.
 const DEMO_FLAGS: [(&str, bool, i64, &str); 5] = [

@@ -149,8 +149,8 @@ impl LocalKeys {
         encode(&header, &claims, &key).map_err(std::io::Error::other)
     }
 
-    pub fn auth_config(&self) -> flags_api::AuthConfig {
-        flags_api::AuthConfig::JwksFile {
+    pub fn auth_config(&self) -> crate::AuthConfig {
+        crate::AuthConfig::JwksFile {
             path: self.jwks_path(),
             issuer: LOCAL_ISSUER.to_owned(),
             client_id: Some(LOCAL_CLIENT_ID.to_owned()),
