@@ -6,7 +6,7 @@
 #   make expand-template             target/infra/template.expanded.json: template.yaml with its
 #                                    Fn::ForEach loops expanded (what the linters and checkov read)
 #   make build ENV=dev               sam build: 19 arm64 binaries (17 routes + not-found on $default + the scheduled applier) via cargo-lambda + zig
-#   make deploy ENV=dev|staging|prod sam deploy --config-env ENV
+#   make deploy ENV=dev|staging|prod sam deploy --config-env ENV, then the database migrations
 #   make logs ENV=dev [FUNCTION=GetFlagsFunction]
 #   make start-api                   sam local start-api (Docker + `docker compose up -d --wait`)
 #
@@ -119,10 +119,14 @@ infra-env-check:
 build: infra-env-check $(SAM_VENV)/.installed $(LAMBDA_VENV)/.installed ## sam build for ENV (arm64 binaries via cargo-lambda + zig)
 	PATH="$(abspath $(LAMBDA_VENV))/bin:$$PATH" SAM_CLI_TELEMETRY=0 $(abspath $(SAM_VENV))/bin/sam build --config-env $(ENV) --language-extensions
 
-deploy: infra-env-check $(SAM_VENV)/.installed ## sam deploy --config-env ENV (builds first; ENV=dev|staging|prod)
+# The migrations run inside the VPC (the migrate function): the pre-traffic hook applies them
+# before each new version gets traffic, and the last line once more for a new stack, whose first
+# versions get no hook.
+deploy: infra-env-check $(SAM_VENV)/.installed ## sam deploy --config-env ENV (builds first, migrates last; ENV=dev|staging|prod)
 	@$(INFRA_PYTHON) tools/check_samconfig.py $(ENV)
 	@$(MAKE) --no-print-directory -f $(INFRA_MK) build ENV=$(ENV)
 	$(SAM) deploy --config-env $(ENV) --language-extensions
+	$(SAM_VENV)/bin/python tools/invoke_migrate.py $(ENV)
 
 logs: infra-env-check $(SAM_VENV)/.installed ## Tail ENV's function logs (FUNCTION=GetFlagsFunction for one)
 	$(SAM) logs --config-env $(ENV) $(if $(FUNCTION),--name $(FUNCTION)) --start-time '$(LOGS_SINCE)' --tail

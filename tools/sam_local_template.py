@@ -2,9 +2,10 @@
 
 `sam local` passes a function only the environment variables its template declares, and the
 deployed template declares none of DATABASE_URL / REDIS_URL (in AWS the URLs come from SSM).
-This script copies the template built by `sam build` and declares both variables on every
-Rust function, so that tools/sam-local-env.json can point them at the docker-compose services
-and empty the two *_SSM_PARAMETER names. The deployed template is left untouched.
+This script copies the template built by `sam build` and declares both variables (and the
+migrate function's MIGRATION_DATABASE_URL) on every Rust function, so that
+tools/sam-local-env.json can point them at the docker-compose services and empty the
+*_SSM_PARAMETER names. The deployed template is left untouched.
 
 The I/O-free functions (not-found, openapi) get both too, like their SSM parameter names from
 the Globals: they read neither, so the declarations cost nothing and need no list of them here.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from samcli.yamlhelper import yaml_dump, yaml_parse
 
-LOCAL_ONLY = ("DATABASE_URL", "REDIS_URL")
+LOCAL_ONLY = ("DATABASE_URL", "REDIS_URL", "MIGRATION_DATABASE_URL")
 
 
 def localize(template: dict) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shlex
 import sys
@@ -109,3 +110,40 @@ def test_sam_cli_expands_the_route_loop_for_build_and_deploy(monkeypatch, env, c
         from samcli.commands.deploy.command import cli
     context = cli.make_context(command, ["--config-env", env])
     assert context.params["language_extensions"] is True
+
+
+class FakeLambdaClient:
+    def __init__(self, payload: bytes, function_error: str | None = None):
+        self.payload, self.function_error, self.calls = payload, function_error, []
+
+    def invoke(self, FunctionName, Payload):
+        self.calls.append((FunctionName, Payload))
+        response = {"StatusCode": 200, "Payload": io.BytesIO(self.payload)}
+        if self.function_error:
+            response["FunctionError"] = self.function_error
+        return response
+
+
+def invoke_migrate_module():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import invoke_migrate
+    finally:
+        sys.path.pop(0)
+    return invoke_migrate
+
+
+def test_make_deploy_invokes_the_environment_s_migrate_function(capsys):
+    invoke_migrate = invoke_migrate_module()
+    client = FakeLambdaClient(b'{"schemaVersion":3}')
+    assert invoke_migrate.main(["invoke_migrate.py", "staging"], client) == 0
+    assert client.calls == [("feature-flags-staging-migrate", b"{}")]
+    assert '{"schemaVersion":3}' in capsys.readouterr().out
+
+
+def test_failed_migrations_fail_make_deploy(capsys):
+    invoke_migrate = invoke_migrate_module()
+    client = FakeLambdaClient(b'{"errorType":"MigrationFailed","errorMessage":"no"}', "Unhandled")
+    assert invoke_migrate.main(["invoke_migrate.py", "prod"], client) == 1
+    assert "did not apply" in capsys.readouterr().err
+    assert invoke_migrate.main(["invoke_migrate.py", "qa"], client) == 2

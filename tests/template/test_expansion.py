@@ -20,6 +20,8 @@ import copy
 import difflib
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -81,8 +83,8 @@ def sam_cli_phase_one(source: dict):
 def build_and_package(source: dict) -> dict:
     """sam build then sam package, offline, through SAM CLI 1.170's own merge code.
 
-    Every Rust function is "built" into its own artifact directory (named after it, as `sam
-    build` does), the built template is written back with its loops (BuildContext), then
+    Every function with a BuildMethod (the Rust functions, the hook's makefile) is "built" into
+    its own artifact directory (named after it, as `sam build` does), the built template is written back with its loops (BuildContext), then
     "packaged": each artifact becomes s3://bucket/<directory>.zip and the URIs are merged back
     into the loops (language_extensions_packaging). Returns the packaged template, the one
     `sam deploy` hands to CloudFormation.
@@ -97,7 +99,7 @@ def build_and_package(source: dict) -> dict:
     modified = copy.deepcopy(phase1.expanded_template)
     artifacts = {}
     for name, function in functions_of(modified).items():
-        if function.get("Metadata", {}).get("BuildMethod") == "rust-cargolambda":
+        if function.get("Metadata", {}).get("BuildMethod") in ("rust-cargolambda", "makefile"):
             function["Properties"]["CodeUri"] = name
             artifacts[name] = f".aws-sam/build/{name}"
     stack = types.SimpleNamespace(
@@ -155,14 +157,15 @@ def test_build_and_package_give_every_route_its_own_binary(source_template, temp
     shows what a constant `CodeUri: .` would deploy: get-flags behind every route.
     """
     rust = {n for n, f in functions_of(template).items() if f.get("Metadata", {}).get("BuildMethod") == "rust-cargolambda"}
-    assert len(rust) == 20  # 18 routes, not-found ($default) and the scheduled applier
+    assert len(rust) == 21  # 18 routes, not-found ($default), the scheduled applier, migrate
     code = deployed_code(build_and_package(source_template)["packaged"])
     assert {n: code[n] for n in rust} == {n: f"s3://bucket/{n}.zip" for n in rust}
 
     constant = json.loads(json.dumps(source_template))
     constant["Resources"]["Fn::ForEach::Routes"][2]["${Route}Function"]["Properties"]["CodeUri"] = "."
     code = deployed_code(build_and_package(constant)["packaged"])
-    assert {code[n] for n in rust - {"ApplySchedulesFunction"}} == {"s3://bucket/GetFlagsFunction.zip"}
+    looped = rust - {"ApplySchedulesFunction", "MigrateFunction"}
+    assert {code[n] for n in looped} == {"s3://bucket/GetFlagsFunction.zip"}
 
 
 def test_start_api_template_declares_the_local_urls_on_every_rust_function(source_template):
@@ -173,9 +176,9 @@ def test_start_api_template_declares_the_local_urls_on_every_rust_function(sourc
     local = expand_template.expand(build_and_package(source_template)["built"])
     # Every Rust function, the I/O-free ones (not-found, openapi) included: they read neither
     # URL, and the declarations cost nothing.
-    assert sam_local.localize(local) == 20
+    assert sam_local.localize(local) == 21
     for name, function in functions_of(local).items():
-        if function["Properties"].get("Runtime", "provided.al2023") == "provided.al2023" and "InlineCode" not in function["Properties"]:
+        if function["Properties"].get("Runtime", "provided.al2023") == "provided.al2023":
             assert function["Properties"]["CodeUri"] == name  # its own build directory
             assert {"DATABASE_URL", "REDIS_URL"} <= set(function["Properties"]["Environment"]["Variables"])
 
@@ -202,6 +205,21 @@ def test_checkov_copy_is_the_expanded_template(tmp_path, template):
         if function.get("Metadata", {}).get("BuildMethod") == "rust-cargolambda":
             skipped = {s["id"] for s in function["Metadata"]["checkov"]["skip"]}
             assert skipped == {"CKV_AWS_115", "CKV_AWS_116"}, name
+
+
+def test_sam_build_ships_the_hook_file_as_it_is(tmp_path):
+    """`sam build` of the pre-traffic hook (BuildMethod: makefile) copies its index.py, offline
+    and without the function's Python version on the building machine."""
+    sam = Path(sys.executable).parent / "sam"
+    build_dir = tmp_path / "build"
+    subprocess.run(
+        [str(sam), "build", "PreTrafficHookFunction", "--language-extensions",
+         "--template", str(TEMPLATE), "--build-dir", str(build_dir)],
+        cwd=ROOT, check=True, capture_output=True, env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+    )
+    shipped = build_dir / "PreTrafficHookFunction" / "index.py"
+    assert shipped.read_bytes() == (ROOT / "infra" / "pre-traffic-hook" / "index.py").read_bytes()
+    assert sorted(p.name for p in shipped.parent.iterdir()) == ["index.py"]
 
 
 if __name__ == "__main__":

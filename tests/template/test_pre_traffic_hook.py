@@ -1,7 +1,7 @@
-"""The pre-traffic hook's inline Python, run against fake Lambda and CodeDeploy clients.
+"""The pre-traffic hook's Python, run against fake Lambda and CodeDeploy clients.
 
-The code is taken from the template itself (InlineCode of PreTrafficHookFunction), so what
-is tested is exactly what CloudFormation deploys.
+The code is read from the folder the template's PreTrafficHookFunction names as its CodeUri
+(its makefile build copies index.py as it is), so what is tested is what `sam build` ships.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import sys
 import types
 
 import pytest
+from conftest import ROOT
 
 PREFIX = "feature-flags-dev-"
 HEALTH_VERSION_ARN = "arn:aws:lambda:eu-west-1:123456789012:function:feature-flags-dev-health:7"
+MIGRATE_FUNCTION = "feature-flags-dev-migrate"
 
 
 def api_response(status: int, body) -> dict:
@@ -27,7 +29,7 @@ def api_response(status: int, body) -> dict:
     }
 
 
-HEALTHY = api_response(200, {"status": "ok", "cache": "redis", "redis": "up", "database": "up"})
+HEALTHY = api_response(200, {"status": "ok", "cache": "redis", "redis": "up", "database": "up", "auth": "up"})
 # What an admin handler answers a request without a token (it verifies tokens itself: there is
 # no API Gateway authorizer), and what the $default function answers to anything.
 MISSING_TOKEN = api_response(401, {"error": "Unauthorized", "message": "Missing Authorization header"})
@@ -36,13 +38,20 @@ UNKNOWN_PATH = "/canary-probe/no-such-route"
 
 
 class FakeLambda:
+    """`calls` records the probes; the migrate function's invocations go to `migrations`."""
+
     def __init__(self, answers: dict):
         self.answers = answers  # target -> response dict, or ("error", payload)
+        self.answers.setdefault(MIGRATE_FUNCTION, {"schemaVersion": 3})
         self.calls: list[tuple[str, dict]] = []
+        self.migrations: list[str] = []
 
     def invoke(self, FunctionName, Payload):
         event = json.loads(Payload)
-        self.calls.append((FunctionName, event))
+        if FunctionName == MIGRATE_FUNCTION:
+            self.migrations.append(FunctionName)
+        else:
+            self.calls.append((FunctionName, event))
         answer = self.answers[FunctionName]
         if isinstance(answer, list):
             answer = answer.pop(0) if len(answer) > 1 else answer[0]
@@ -92,10 +101,12 @@ class FakeCodeDeploy:
 
 @pytest.fixture
 def load_hook(resources, monkeypatch):
-    code = resources["PreTrafficHookFunction"]["Properties"]["InlineCode"]
+    code_uri = resources["PreTrafficHookFunction"]["Properties"]["CodeUri"]
+    code = (ROOT / code_uri / "index.py").read_text()
     monkeypatch.setenv("FUNCTION_NAME_PREFIX", PREFIX)
     monkeypatch.setenv("HEALTH_FUNCTION_VERSION_ARN", HEALTH_VERSION_ARN)
     monkeypatch.setenv("HEALTH_ATTEMPTS", "2")
+    monkeypatch.setenv("MIGRATE_FUNCTION_NAME", MIGRATE_FUNCTION)
 
     def load(lambda_client: FakeLambda, codedeploy: FakeCodeDeploy):
         clients = {"lambda": lambda_client, "codedeploy": codedeploy}
@@ -132,13 +143,21 @@ def test_new_health_version_that_reaches_redis_and_the_database_passes(load_hook
 @pytest.mark.parametrize(
     "answer",
     [
-        api_response(503, {"status": "degraded", "cache": "none", "redis": "up", "database": "down"}),
-        api_response(200, {"status": "degraded", "cache": "memory", "redis": "down", "database": "up"}),
+        api_response(503, {"status": "degraded", "cache": "none", "redis": "up", "database": "down", "auth": "up"}),
+        api_response(200, {"status": "degraded", "cache": "memory", "redis": "down", "database": "up", "auth": "up"}),
+        # The signing keys cannot be fetched (e.g. the JWKS unreachable through the VPC
+        # endpoint): every admin request of the new version would fail.
+        api_response(200, {"status": "degraded", "cache": "redis", "redis": "up", "database": "up", "auth": "down"}),
+        # No verifier at all: the admin routes would refuse every token.
+        api_response(200, {"status": "ok", "cache": "redis", "redis": "up", "database": "up", "auth": "disabled"}),
+        # A version from before the auth field.
+        api_response(200, {"status": "ok", "cache": "redis", "redis": "up", "database": "up"}),
         api_response(200, {"status": "ok"}),
         {"statusCode": 200, "body": "not json"},
         ("error", {"errorMessage": "panic"}),
     ],
-    ids=["database-down", "redis-down", "fields-missing", "body-not-json", "function-error"],
+    ids=["database-down", "redis-down", "auth-down", "auth-disabled", "auth-missing", "fields-missing",
+         "body-not-json", "function-error"],
 )
 def test_unhealthy_new_health_version_fails_the_deployment(load_hook, answer):
     lam = FakeLambda({f"{PREFIX}health:8": answer})
@@ -148,7 +167,9 @@ def test_unhealthy_new_health_version_fails_the_deployment(load_hook, answer):
 
 
 def test_redis_disabled_is_accepted_and_a_slow_first_start_is_retried(load_hook):
-    disabled = api_response(200, {"status": "ok", "cache": "memory", "redis": "disabled", "database": "up"})
+    disabled = api_response(
+        200, {"status": "ok", "cache": "memory", "redis": "disabled", "database": "up", "auth": "up"}
+    )
     lam = FakeLambda({f"{PREFIX}health:8": [("error", {"errorMessage": "init timeout"}), disabled]})
     cd = FakeCodeDeploy(f"{PREFIX}health", "8")
     assert run(load_hook(lam, cd), cd) == "Succeeded"
@@ -414,3 +435,19 @@ def test_not_found_function_with_another_answer_fails_the_deployment(load_hook, 
     lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: answer})
     cd = FakeCodeDeploy(f"{PREFIX}not-found", "2")
     assert run(load_hook(lam, cd), cd) == "Failed"
+
+
+def test_the_migrations_run_once_before_any_check(load_hook):
+    target = f"{PREFIX}get-flags:4"
+    lam = FakeLambda({HEALTH_VERSION_ARN: HEALTHY, target: api_response(200, {})})
+    cd = FakeCodeDeploy(f"{PREFIX}get-flags", "4")
+    assert run(load_hook(lam, cd), cd) == "Succeeded"
+    assert lam.migrations == [MIGRATE_FUNCTION]
+
+
+def test_failed_migrations_fail_the_deployment_before_any_probe(load_hook):
+    lam = FakeLambda({MIGRATE_FUNCTION: ("error", {"errorType": "Migration", "errorMessage": "no"})})
+    cd = FakeCodeDeploy(f"{PREFIX}health", "8")
+    assert run(load_hook(lam, cd), cd) == "Failed"
+    assert lam.migrations == [MIGRATE_FUNCTION]
+    assert lam.calls == []

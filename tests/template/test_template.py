@@ -43,6 +43,12 @@ ROUTES = {
 # The one Rust function that no route serves: EventBridge runs it every minute. It applies the
 # due flag schedules (contract 2.6), then sweeps the pending cache invalidations (contract 3.1).
 APPLIER = "ApplySchedulesFunction"
+# The Rust function that applies the database migrations from inside the VPC: invoked by the
+# pre-traffic hook before it checks a new version, and by `make deploy` after a stack update.
+MIGRATE = "MigrateFunction"
+MIGRATION_PARAMETER = {
+    "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/migration-database-url"
+}
 # The HTTP API's $default route (any request that matches no route above): not a route of the
 # contract (nor of the Rust route table), a function that answers 404 {"error":"Not found"} and
 # does no I/O. Where it departs from the route functions' pattern, the test says why.
@@ -53,12 +59,12 @@ DEFAULT_ROUTE_EVENT = ("ANY", "$default")
 DEFAULT_ROUTE_OPERATION = ("X-AMAZON-APIGATEWAY-ANY-METHOD", "/$default")
 # The functions that do no I/O (no SSM, no database, no Redis, no token): the $default function
 # and GET /openapi.json, whose document is built into its binary. Their rows of the route table
-# carry the same three exceptions (RuntimePolicy: 0, CacheOutcomes: [], CacheRollbackAlarm: 0;
-# test_the_io_free_functions_are_the_rows_with_the_three_exceptions), and where a test departs
+# carry the same two exceptions (RuntimePolicy: 0, CacheOutcomes: [];
+# test_the_io_free_functions_are_the_rows_with_the_two_exceptions), and where a test departs
 # from the route functions' pattern for them, it says why. Named here rather than read from the
 # table, so that an exception added to another row fails instead of excusing itself.
 IO_FREE = {NOT_FOUND, "OpenApiFunction"}
-IO_FREE_EXCEPTIONS = {"RuntimePolicy": 0, "CacheOutcomes": [], "CacheRollbackAlarm": 0}
+IO_FREE_EXCEPTIONS = {"RuntimePolicy": 0, "CacheOutcomes": []}
 COST_TAGS = {"Service": "ElastiCache", "Feature": "FeatureFlags", "Environment": {"Ref": "Environment"}}
 OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
 HOOK = "PreTrafficHookFunction"
@@ -361,7 +367,7 @@ def test_every_rust_function_runs_in_the_vpc(resources):
     assert len(contract_route_functions(resources)) == 18
     assert set(route_functions(resources)) == set(contract_route_functions(resources)) | {NOT_FOUND}
     functions = rust_functions(resources)
-    assert set(functions) == set(route_functions(resources)) | {APPLIER}
+    assert set(functions) == set(route_functions(resources)) | {APPLIER, MIGRATE}
     # The I/O-free functions (not-found, openapi) need no network at all, and are in the VPC
     # anyway: no internet egress, and the same subnets and group as the others, so no extra ENI.
     for name, function in functions.items():
@@ -371,6 +377,44 @@ def test_every_rust_function_runs_in_the_vpc(resources):
         assert vpc["SubnetIds"] == resources["RedisSubnetGroup"]["Properties"]["SubnetIds"]
     # The hook calls only AWS APIs and stays out of the VPC on purpose (template.md).
     assert "VpcConfig" not in resources[HOOK]["Properties"]
+
+
+def test_migrate_function_reads_its_own_parameter_only(resources):
+    """The migrations need a login that may create tables; the service's own login need not,
+    so the migrate function reads a parameter of its own, and only it."""
+    function = resources[MIGRATE]["Properties"]
+    assert resources[MIGRATE]["Metadata"]["BuildProperties"]["Binary"] == "migrate"
+    assert function["Environment"]["Variables"] == {
+        "MIGRATION_DATABASE_URL_SSM_PARAMETER": {"Fn::Sub": "/feature-flags/${Environment}/migration-database-url"}
+    }
+    assert "Events" not in function  # invoked by the hook and by make deploy only
+    (policy,) = function["Policies"]
+    ssm, kms = policy["Statement"]
+    assert (ssm["Effect"], ssm["Resource"]) == ("Allow", MIGRATION_PARAMETER)
+    assert set(ssm["Action"]) == {"ssm:GetParameters", "ssm:GetParameter"}
+    assert (kms["Effect"], kms["Action"]) == ("Allow", "kms:Decrypt")
+    condition = kms["Condition"]["StringEquals"]
+    assert condition["kms:ViaService"] == {"Fn::Sub": "ssm.${AWS::Region}.amazonaws.com"}
+    assert condition["kms:EncryptionContext:PARAMETER_ARN"] == MIGRATION_PARAMETER
+    runtime = resources["FunctionRuntimePolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+    assert MIGRATION_PARAMETER not in runtime["Resource"]
+
+
+def test_the_hook_runs_the_migrations_first(resources):
+    hook = resources[HOOK]["Properties"]
+    assert hook["Environment"]["Variables"]["MIGRATE_FUNCTION_NAME"] == {"Ref": MIGRATE}
+    statements = hook["Policies"][0]["Statement"]
+    invoke = [s for s in statements if s["Action"] == "lambda:InvokeFunction"]
+    assert {"Fn::GetAtt": [MIGRATE, "Arn"]} in [s["Resource"] for s in invoke]
+    code = (ROOT / hook["CodeUri"] / "index.py").read_text()
+    assert code.index("apply_migrations()") < code.index("check_health(target)")
+
+
+def test_make_deploy_runs_the_migrations_after_the_stack_update():
+    """A new stack runs no pre-traffic hook (there is no old version to shift from)."""
+    infra = (ROOT / "mk" / "infra.mk").read_text()
+    deploy = infra[infra.index("\ndeploy:"):infra.index("\nlogs:")]
+    assert deploy.index("deploy --config-env") < deploy.index("tools/invoke_migrate.py $(ENV)")
 
 
 # --- Redis -----------------------------------------------------------------------------------
@@ -479,13 +523,13 @@ def test_the_template_route_table_is_the_rust_route_table(source_template, resou
     (rule,) = of_type(resources, "AWS::Events::Rule").values()
     assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [APPLIER, "Arn"]}
     assert (ROOT / "events" / "apply-schedules.json").is_file()
-    assert set(rust_functions(resources)) == {f"{variant}Function" for variant in table} | {APPLIER}
+    assert set(rust_functions(resources)) == {f"{variant}Function" for variant in table} | {APPLIER, MIGRATE}
 
 
-def test_the_io_free_functions_are_the_rows_with_the_three_exceptions(source_template, resources):
-    """The route table's optional columns are the I/O-free functions' three exceptions, all
-    three on each of their rows and none on any other row (the other routes read PostgreSQL and
-    Redis: runtime policy, cache metric filters, cache rollback alarm)."""
+def test_the_io_free_functions_are_the_rows_with_the_two_exceptions(source_template, resources):
+    """The route table's optional columns are the I/O-free functions' two exceptions, both on
+    each of their rows and none on any other row (the other routes read PostgreSQL and Redis:
+    runtime policy, cache metric filters)."""
     table = source_template["Mappings"]["Routes"]
     assert IO_FREE <= {f"{variant}Function" for variant in table}
     for variant, row in table.items():
@@ -536,6 +580,9 @@ def test_functions_may_read_only_their_two_parameters(resources):
             # Exception: they read no parameter (no database, no Redis), so they get no policy
             # beyond SAM's logging/VPC/X-Ray ones (test_io_free_functions_have_no_permission).
             assert "Policies" not in function["Properties"], name
+            continue
+        if name == MIGRATE:
+            # Exception: its own parameter only (test_migrate_function_reads_its_own_parameter_only).
             continue
         assert function["Properties"]["Policies"] == [{"Ref": "FunctionRuntimePolicy"}], name
     statements = resources["FunctionRuntimePolicy"]["Properties"]["PolicyDocument"]["Statement"]
@@ -743,7 +790,27 @@ def test_canary_shifts_5_percent_for_60_minutes(resources):
     }
 
 
+# The smallest sample a canary alarm judges a rate or a p95 on (invocations a minute), and the
+# failures in a minute that count as a breach below it.
+MIN_SAMPLE = 20
+MIN_FAILURES = 3
+
+
+def version_dimensions(function: str) -> list:
+    return [
+        {"Name": "FunctionName", "Value": {"Ref": function}},
+        {"Name": "Resource", "Value": {"Fn::Sub": f"${{{function}}}:live"}},
+        {"Name": "ExecutedVersion", "Value": {"Fn::GetAtt": [function, "Version.Version"]}},
+    ]
+
+
+def metric_queries(alarm: dict) -> dict:
+    return {m["Id"]: m for m in alarm["Metrics"]}
+
+
 def test_every_route_function_deploys_through_the_canary_with_alarms_and_the_hook(resources):
+    """A canary rolls back on its own version's alarms only: the service-wide alarms see every
+    version, so an incident elsewhere would roll back the fix being deployed for it."""
     alarms = of_type(resources, "AWS::CloudWatch::Alarm")
     for name, function in route_functions(resources).items():
         props = function["Properties"]
@@ -753,27 +820,73 @@ def test_every_route_function_deploys_through_the_canary_with_alarms_and_the_hoo
         assert preference["Hooks"] == {"PreTraffic": {"Ref": HOOK}}, name
         assert preference.get("Enabled", True) is True
         names = [a["Ref"] for a in preference["Alarms"]]
-        assert all(n in alarms for n in names), names
         short = name.removesuffix("Function")
-        # function errors and p95 of the new version, the service 5xx rate, the cache-unavailable rate
-        expected = [f"{short}ErrorsAlarm", f"{short}P95DurationAlarm", "Api5xxRateAlarm", "CacheUnavailableRateAlarm"]
-        if name in IO_FREE:
-            # Exception: they never touch Redis, so a Redis outage during their canary says
-            # nothing about the new version and must not roll it back.
-            expected.remove("CacheUnavailableRateAlarm")
-        assert names == expected, name
-        for alarm_name in names[:2]:
-            alarm = alarms[alarm_name]["Properties"]
-            dimensions = alarm.get("Dimensions") or alarm["Metrics"][0]["MetricStat"]["Metric"]["Dimensions"]
-            assert {"Name": "ExecutedVersion", "Value": {"Fn::GetAtt": [name, "Version.Version"]}} in dimensions
+        assert names == [f"{short}ErrorsAlarm", f"{short}P95DurationAlarm"], name
+        for alarm_name in names:
+            queries = metric_queries(alarms[alarm_name]["Properties"])
+            lambda_metrics = [
+                q["MetricStat"]["Metric"] for q in queries.values()
+                if "MetricStat" in q and q["MetricStat"]["Metric"]["Namespace"] == "AWS/Lambda"
+            ]
+            assert lambda_metrics, alarm_name
+            for metric in lambda_metrics:
+                assert metric["Dimensions"] == version_dimensions(name), alarm_name
 
 
-def test_rollback_alarm_thresholds(template, resources):
-    p95 = resources["HealthP95DurationAlarm"]["Properties"]
-    assert (p95["MetricName"], p95["ExtendedStatistic"]) == ("Duration", "p95")
-    assert param_default(template, p95["Threshold"]) == 100
-    errors = resources["HealthErrorsAlarm"]["Properties"]
-    assert errors["Threshold"] == 0.1 and errors["ComparisonOperator"] == "GreaterThanThreshold"
+def test_canary_errors_count_function_errors_and_5xx_answers_of_the_version(resources):
+    for name in route_functions(resources):
+        alarm = resources[f"{name.removesuffix('Function')}ErrorsAlarm"]["Properties"]
+        assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0.1, "GreaterThanThreshold")
+        assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (5, 2)
+        queries = metric_queries(alarm)
+        assert queries["errors"]["MetricStat"]["Metric"]["MetricName"] == "Errors"
+        assert queries["invocations"]["MetricStat"]["Metric"]["MetricName"] == "Invocations"
+        # The EMF metric the Lambda edge writes for each 5xx answer (flags-api lambda.rs).
+        server = queries["serverErrors"]["MetricStat"]["Metric"]
+        assert server == {
+            "Namespace": "FeatureFlags",
+            "MetricName": "ServerErrorResponses",
+            "Dimensions": [version_dimensions(name)[0], version_dimensions(name)[2]],
+        }
+        assert queries["failures"]["Expression"] == "FILL(errors, 0) + FILL(serverErrors, 0)"
+        returned = [q for q in queries.values() if q.get("ReturnData")]
+        assert [q["Id"] for q in returned] == ["failureRate"]
+        assert returned[0]["Expression"] == (
+            f"IF(invocations >= {MIN_SAMPLE}, 100 * failures / invocations, "
+            f"IF(failures >= {MIN_FAILURES}, 100, 0))"
+        )
+
+
+def test_canary_p95_waits_for_a_minimum_sample(template, resources):
+    for name in route_functions(resources):
+        alarm = resources[f"{name.removesuffix('Function')}P95DurationAlarm"]["Properties"]
+        assert param_default(template, alarm["Threshold"]) == 100
+        assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (5, 3)
+        queries = metric_queries(alarm)
+        stat = queries["p95"]["MetricStat"]
+        assert (stat["Metric"]["MetricName"], stat["Stat"]) == ("Duration", "p95")
+        assert queries["invocations"]["MetricStat"]["Metric"]["MetricName"] == "Invocations"
+        returned = [q for q in queries.values() if q.get("ReturnData")]
+        assert [q["Expression"] for q in returned] == [f"IF(invocations >= {MIN_SAMPLE}, p95, 0)"]
+
+
+def test_service_wide_alarms_notify_and_roll_nothing_back(resources):
+    deployed = {
+        a["Ref"]
+        for f in route_functions(resources).values()
+        for a in f["Properties"]["DeploymentPreference"]["Alarms"]
+    }
+    expressions = {
+        "Api5xxRateAlarm": f"IF(requests >= {MIN_SAMPLE}, 100 * FILL(errors, 0) / requests, 0)",
+        "CacheUnavailableRateAlarm": f"IF(reads >= {MIN_SAMPLE}, 100 * FILL(unavailable, 0) / reads, 0)",
+    }
+    for name, expression in expressions.items():
+        alarm = resources[name]["Properties"]
+        assert name not in deployed
+        assert alarm["AlarmActions"] == [{"Ref": "AlertsTopic"}]
+        assert "notification only" in alarm["AlarmDescription"]["Fn::Sub"]
+        returned = [q for q in alarm["Metrics"] if q.get("ReturnData")]
+        assert [q["Expression"] for q in returned] == [expression]
     unavailable = resources["CacheUnavailableRateAlarm"]["Properties"]
     used = {m["MetricStat"]["Metric"]["MetricName"] for m in unavailable["Metrics"] if "MetricStat" in m}
     assert used == {"CacheHit", "CacheMiss", "CacheUnavailable"}
@@ -790,10 +903,10 @@ def test_translated_deployment_groups_use_the_canary_alarms_and_hook(transformed
         props = group["Properties"]
         assert props["DeploymentConfigName"] == {"Ref": "CanaryDeploymentConfig"}
         assert props["AlarmConfiguration"]["Enabled"] is True
-        # 3 for the I/O-free functions: no cache-unavailable alarm (see above)
+        # The new version's errors and p95 (see above).
         function = name.removesuffix("DeploymentGroup")
         assert function in res, name
-        assert len(props["AlarmConfiguration"]["Alarms"]) == (3 if function in IO_FREE else 4), name
+        assert len(props["AlarmConfiguration"]["Alarms"]) == 2, name
         assert "DEPLOYMENT_STOP_ON_ALARM" in props["AutoRollbackConfiguration"]["Events"]
     aliases = of_type(res, "AWS::Lambda::Alias")
     assert len(aliases) == 19
@@ -809,7 +922,11 @@ def test_pre_traffic_hook(resources):
     # The CodeDeploy role SAM creates may only invoke functions named CodeDeployHook_*.
     assert hook["FunctionName"]["Fn::Sub"].startswith("CodeDeployHook_")
     assert hook["Environment"]["Variables"]["HEALTH_FUNCTION_VERSION_ARN"] == {"Ref": "HealthFunction.Version"}
-    assert "put_lifecycle_event_hook_execution_status" in hook["InlineCode"]
+    # Built by infra/pre-traffic-hook/Makefile: a copy of index.py, no Python needed to build.
+    assert hook["CodeUri"] == "infra/pre-traffic-hook/"
+    assert resources[HOOK]["Metadata"]["BuildMethod"] == "makefile"
+    code = (ROOT / hook["CodeUri"] / "index.py").read_text()
+    assert "put_lifecycle_event_hook_execution_status" in code
     actions = {
         a
         for statement in hook["Policies"][0]["Statement"]
@@ -849,7 +966,7 @@ def test_the_sweeper_is_replaced_by_the_applier(resources):
     binaries = [r["Metadata"]["BuildProperties"]["Binary"] for r in rust_functions(resources).values()]
     assert "sweep-invalidations" not in binaries
     assert NOT_FOUND_BINARY in binaries and "openapi" in binaries
-    assert len(binaries) == len(set(binaries)) == 20  # 18 routes + not-found ($default) + the applier
+    assert len(binaries) == len(set(binaries)) == 21  # 18 routes + not-found ($default) + the applier + migrate
 
 
 def test_applier_runs_in_the_vpc_with_the_functions_security_group(resources):
@@ -981,6 +1098,10 @@ def test_every_rust_function_has_a_sample_event_for_its_trigger(resources):
             continue
         assert path.is_file(), f"{name}: no {path.relative_to(ROOT)}"
         event = json.loads(path.read_text())
+        if name == MIGRATE:
+            # What the pre-traffic hook and `make deploy` send: the function reads no event.
+            assert event == {}, path.name
+            continue
         if name == APPLIER:
             assert (event["source"], event["detail-type"]) == ("aws.events", "Scheduled Event")
             assert event["resources"] == [f"arn:aws:events:{event['region']}:{event['account']}:rule/feature-flags-dev-{binary}"]
@@ -1129,7 +1250,7 @@ def test_every_checkov_suppression_has_a_reason(request, path_fixture):
 
 def test_translated_functions_keep_json_logs_in_their_own_group(transformed):
     functions = of_type(transformed["Resources"], "AWS::Lambda::Function")
-    assert len(functions) == 21  # 18 routes + not-found ($default) + the scheduled applier + the pre-traffic hook
+    assert len(functions) == 22  # 18 routes + not-found ($default) + the applier + migrate + the pre-traffic hook
     for name, function in functions.items():
         props = function["Properties"]
         # SAM merges the global LogFormat with each function's LogGroup.
