@@ -389,13 +389,7 @@ def test_migrate_function_reads_its_own_parameter_only(resources):
     }
     assert "Events" not in function  # invoked by the hook and by make deploy only
     (policy,) = function["Policies"]
-    ssm, kms = policy["Statement"]
-    assert (ssm["Effect"], ssm["Resource"]) == ("Allow", MIGRATION_PARAMETER)
-    assert set(ssm["Action"]) == {"ssm:GetParameters", "ssm:GetParameter"}
-    assert (kms["Effect"], kms["Action"]) == ("Allow", "kms:Decrypt")
-    condition = kms["Condition"]["StringEquals"]
-    assert condition["kms:ViaService"] == {"Fn::Sub": "ssm.${AWS::Region}.amazonaws.com"}
-    assert condition["kms:EncryptionContext:PARAMETER_ARN"] == MIGRATION_PARAMETER
+    assert_reads_and_decrypts_only(policy["Statement"], MIGRATION_PARAMETER)
     runtime = resources["FunctionRuntimePolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
     assert MIGRATION_PARAMETER not in runtime["Resource"]
 
@@ -587,12 +581,17 @@ def test_functions_may_read_only_their_two_parameters(resources):
         assert function["Properties"]["Policies"] == [{"Ref": "FunctionRuntimePolicy"}], name
     statements = resources["FunctionRuntimePolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert len(statements) == 2
-    ssm, kms = statements
     parameters = [
         {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/database-url"},
         {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/redis-url"},
     ]
-    # The functions read both URLs with one GetParameters call (crates/flags-api/src/context.rs).
+    # The functions read both URLs with one GetParameters call (crates/flags-api/src/lambda.rs).
+    assert_reads_and_decrypts_only(statements, parameters)
+
+
+def assert_reads_and_decrypts_only(statements: list, parameters) -> None:
+    """Two statements: read `parameters` (one ARN or a list), decrypt them through SSM only."""
+    ssm, kms = statements
     assert (ssm["Effect"], ssm["Resource"]) == ("Allow", parameters)
     assert set(ssm["Action"]) == {"ssm:GetParameters", "ssm:GetParameter"}
     assert (kms["Effect"], kms["Action"]) == ("Allow", "kms:Decrypt")

@@ -13,9 +13,8 @@ use flags_core::domain::{Environment, FlagKey, NewFlag, Rollout};
 use flags_core::rate_limit::{AuditLogRateLimiter, DEFAULT_WINDOW, RateWindow};
 use flags_core::wiring::open_store;
 use flags_core::{Config, FlagService};
-use sqlx::{ConnectOptions, Connection};
+use flags_testkit::postgres;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -49,20 +48,10 @@ pub async fn fresh_postgres_schema(
     schema: &str,
     application_name: &str,
 ) -> Result<String, BoxError> {
-    let mut admin = sqlx::postgres::PgConnectOptions::from_str(base_url)?
-        .connect()
-        .await
-        .map_err(|e| format!("PostgreSQL is required at {base_url}: {e}"))?;
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(&mut admin)
-        .await?;
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await?;
-    admin.close().await?;
-    let separator = if base_url.contains('?') { '&' } else { '?' };
-    Ok(format!(
-        "{base_url}{separator}options=-c%20search_path%3D{schema}&application_name={application_name}"
+    let url = postgres::fresh_schema(base_url, schema).await?;
+    Ok(postgres::with_option(
+        &url,
+        &format!("application_name={application_name}"),
     ))
 }
 

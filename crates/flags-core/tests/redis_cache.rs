@@ -6,7 +6,7 @@
 )]
 mod common;
 
-use common::{SpareRedis, redis_client, redis_url, unique, unique_env};
+use common::{redis_client, redis_url, spare_redis, unique, unique_env};
 use flags_core::cache::{
     CacheFill, FlagCache, Generation, InvalidateAllReport, Invalidation, RedisCache,
     decode_snapshot, encode_snapshot,
@@ -390,7 +390,7 @@ async fn user_invalidation_drops_only_that_user() {
 /// other tests, and so that its command statistics show SCAN was used and KEYS never was.
 #[tokio::test]
 async fn invalidate_all_scans_and_never_uses_keys() {
-    let redis = SpareRedis::start();
+    let redis = spare_redis().await;
     let cache = cache_at(&redis.url(), 300).await;
     let raw = redis_client(&redis.url()).await;
     for i in 0..1_200 {
@@ -585,7 +585,7 @@ async fn an_environment_invalidation_retires_every_user_without_touching_their_k
 /// SCAN at all, and invalidate-all pages through the keyspace and reports exactly what it deleted.
 #[tokio::test]
 async fn a_million_unrelated_keys_cost_invalidation_nothing_and_invalidate_all_pages() {
-    let redis = SpareRedis::start();
+    let redis = spare_redis().await;
     let cache = cache_at(&redis.url(), 300).await;
     let raw = redis_client(&redis.url()).await;
     let _: String = raw
@@ -668,9 +668,9 @@ async fn a_million_unrelated_keys_cost_invalidation_nothing_and_invalidate_all_p
 /// `complete: false`.
 #[tokio::test]
 async fn invalidate_all_against_a_dead_redis_reports_incomplete() {
-    let mut redis = SpareRedis::start();
+    let mut redis = spare_redis().await;
     let cache = cache_at(&redis.url(), 300).await;
-    redis.kill();
+    redis.kill().await;
     let report = cache.invalidate_all().await;
     assert_eq!(report, InvalidateAllReport::default());
 }

@@ -10,7 +10,8 @@ mod common;
 
 use common::service::{redis_connection, service_with_redis};
 use common::{
-    SpareRedis, as_dyn_store, eventually, new_flag, postgres_store, redis_client, unique_env,
+    OwnedRedis, as_dyn_store, eventually, new_flag, postgres_store, redis_client, spare_redis,
+    unique_env,
 };
 use flags_core::FlagService;
 use flags_core::domain::Environment;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(300);
 
-async fn service_on(redis: &SpareRedis) -> (FlagService, Environment) {
+async fn service_on(redis: &OwnedRedis) -> (FlagService, Environment) {
     let store = as_dyn_store(postgres_store().await);
     let service = service_with_redis(
         store,
@@ -51,7 +52,7 @@ async fn all_calls_succeed(service: &FlagService, env: &Environment, n: usize) -
 }
 
 /// True once a call has put the snapshot back into this Redis, i.e. the cache is in use again.
-async fn cache_in_use(service: &FlagService, env: &Environment, redis: &SpareRedis) -> bool {
+async fn cache_in_use(service: &FlagService, env: &Environment, redis: &OwnedRedis) -> bool {
     let raw = redis_client(&redis.url()).await;
     let in_use = eventually(Duration::from_secs(15), || async {
         service.evaluate_all(env, Some("user-1")).await.unwrap();
@@ -66,15 +67,15 @@ async fn cache_in_use(service: &FlagService, env: &Environment, redis: &SpareRed
 
 #[tokio::test]
 async fn redis_killed_and_restarted_while_answering() {
-    let mut redis = SpareRedis::start();
+    let mut redis = spare_redis().await;
     let (service, env) = service_on(&redis).await;
     all_calls_succeed(&service, &env, 5).await;
     assert!(cache_in_use(&service, &env, &redis).await);
 
-    redis.kill();
+    redis.kill().await;
     all_calls_succeed(&service, &env, 50).await;
 
-    redis.restart();
+    redis.restart().await.unwrap();
     assert!(
         cache_in_use(&service, &env, &redis).await,
         "cache used again without restarting the service"
@@ -86,12 +87,12 @@ async fn redis_killed_and_restarted_while_answering() {
 /// connection is retried; fred's own policy only covers connections that were once up).
 #[tokio::test]
 async fn redis_down_at_start_then_up() {
-    let mut redis = SpareRedis::start();
-    redis.kill();
+    let mut redis = spare_redis().await;
+    redis.kill().await;
     let (service, env) = service_on(&redis).await;
     all_calls_succeed(&service, &env, 20).await;
 
-    redis.restart();
+    redis.restart().await.unwrap();
     assert!(
         cache_in_use(&service, &env, &redis).await,
         "the first connection is retried until Redis answers"
@@ -100,11 +101,11 @@ async fn redis_down_at_start_then_up() {
 
 #[tokio::test]
 async fn frozen_redis_never_holds_a_call_past_the_command_timeout() {
-    let redis = SpareRedis::start();
+    let redis = spare_redis().await;
     let (service, env) = service_on(&redis).await;
     assert!(cache_in_use(&service, &env, &redis).await);
 
-    redis.freeze();
+    redis.freeze().await;
     // Writes too: the invalidation after a commit must not hang either.
     service
         .create_flag(&env, new_flag("while-frozen", true, 0), None)
@@ -118,7 +119,7 @@ async fn frozen_redis_never_holds_a_call_past_the_command_timeout() {
         "a call waited {slowest:?} on a frozen Redis"
     );
 
-    redis.thaw();
+    redis.thaw().await;
     assert!(
         cache_in_use(&service, &env, &redis).await,
         "cache used again after thawing"
@@ -127,7 +128,7 @@ async fn frozen_redis_never_holds_a_call_past_the_command_timeout() {
 
 #[tokio::test]
 async fn a_primary_turned_replica_answers_readonly_and_the_service_keeps_answering() {
-    let redis = SpareRedis::start();
+    let redis = spare_redis().await;
     let (service, env) = service_on(&redis).await;
     assert!(cache_in_use(&service, &env, &redis).await);
 
@@ -135,11 +136,7 @@ async fn a_primary_turned_replica_answers_readonly_and_the_service_keeps_answeri
     // that does not exist), so every write is answered with READONLY.
     // The snapshot is dropped first so that every call misses and tries to write it back.
     let admin = redis_client(&redis.url()).await;
-    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let nowhere = flags_testkit::free_port().unwrap();
     let _: i64 = admin.del(snapshot_key(&env)).await.unwrap();
     let _: () = admin
         .custom(

@@ -407,11 +407,7 @@ async fn wiring_picks_redis_when_configured_and_memory_otherwise() {
 
 #[tokio::test]
 async fn redis_unreachable_at_start_still_serves_from_the_database() {
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed_port = flags_testkit::free_port().unwrap();
     let store = as_dyn_store(postgres_store().await);
     let redis = redis_connection(
         &format!("redis://127.0.0.1:{closed_port}"),

@@ -12,8 +12,8 @@ use common::service::{
     PauseAt, PausingStore, redis_connection, service_with_memory, service_with_redis,
 };
 use common::{
-    SpareRedis, as_dyn_store, eventually, key, new_flag, postgres_schema_url, postgres_store,
-    redis_client, redis_url, unique_env,
+    as_dyn_store, eventually, key, new_flag, postgres_schema_url, postgres_store, redis_client,
+    redis_url, spare_redis, unique_env,
 };
 use flags_core::domain::{FlagPatch, NewOverride, OverrideType, UserId};
 use flags_core::service::ServiceError;
@@ -189,7 +189,7 @@ async fn blocked_by(store: &PostgresStore, pid: i32) -> bool {
 /// the count then comes from the audit log (contract §2.5), never from a fresh per-process count.
 #[tokio::test]
 async fn the_101st_override_change_is_limited_after_redis_is_cut() {
-    let mut redis = SpareRedis::start();
+    let mut redis = spare_redis().await;
     let store = as_dyn_store(postgres_store().await);
     let connection = redis_connection(&redis.url(), Duration::from_millis(500)).await;
     let service = service_with_redis(store, connection, 100);
@@ -223,7 +223,7 @@ async fn the_101st_override_change_is_limited_after_redis_is_cut() {
         "only the busy flag is counted: {counters:?}"
     );
     raw.quit().await.unwrap();
-    redis.kill();
+    redis.kill().await;
     let error = service
         .upsert_override(&env, &key("busy"), exclude("user-100"), None)
         .await
@@ -247,7 +247,7 @@ async fn the_101st_override_change_is_limited_after_redis_is_cut() {
 /// still invalidates (its retry is not gated by that breaker), so the very next read is fresh.
 #[tokio::test]
 async fn a_write_with_the_read_breaker_open_still_invalidates() {
-    let redis = SpareRedis::start();
+    let redis = spare_redis().await;
     let store = as_dyn_store(postgres_store().await);
     let connection = redis_connection(&redis.url(), Duration::from_millis(500)).await;
     let service = service_with_redis(store, connection, 100);
@@ -299,7 +299,7 @@ async fn a_write_with_the_read_breaker_open_still_invalidates() {
 /// fresh again within the promise of §3.1 and nothing stays pending.
 #[tokio::test]
 async fn a_write_while_redis_is_frozen_is_completed_when_redis_comes_back() {
-    let redis = SpareRedis::start();
+    let redis = spare_redis().await;
     let app = App::build(&Config::new(postgres_schema_url().await, Some(redis.url())))
         .await
         .unwrap();
@@ -314,7 +314,7 @@ async fn a_write_while_redis_is_frozen_is_completed_when_redis_comes_back() {
         true
     );
 
-    redis.freeze();
+    redis.freeze().await;
     service
         .update_flag(&env, &key("switch"), kill_switch(), None)
         .await
@@ -329,7 +329,7 @@ async fn a_write_while_redis_is_frozen_is_completed_when_redis_comes_back() {
         1,
         "the invalidation is owed"
     );
-    redis.thaw();
+    redis.thaw().await;
     let fresh = eventually(Duration::from_millis(2_500), || async {
         !service.evaluate_all(&env, None).await.unwrap()["switch"]
             && service

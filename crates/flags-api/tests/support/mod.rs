@@ -10,10 +10,8 @@
 
 use flags_api::local_keys::LocalKeys;
 use flags_core::Config;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 pub fn workspace_root() -> PathBuf {
@@ -74,12 +72,7 @@ pub async fn redis_client(url: &str) -> fred::prelude::Client {
     client
 }
 
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
+pub use flags_testkit::unique;
 
 /// Creates a fresh schema, migrates and seeds it, and returns a URL whose connections use it.
 pub async fn seeded_postgres_url() -> String {
@@ -94,22 +87,9 @@ pub async fn seeded_postgres_url() -> String {
 
 /// Creates a fresh, empty schema and returns a URL whose connections use it.
 pub async fn empty_postgres_url() -> String {
-    let base = database_url();
-    let schema = unique("e2e_");
-    let mut admin = PgConnectOptions::from_str(&base)
-        .unwrap()
-        .connect()
+    flags_testkit::postgres::fresh_schema(&database_url(), &unique("e2e_"))
         .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is required for this test and is not reachable at {base} ({e})")
-        });
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A connection to the schema `database_url` names (its `search_path`).

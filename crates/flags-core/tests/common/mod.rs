@@ -9,11 +9,7 @@ pub mod store_contract;
 
 use flags_core::domain::{Environment, FlagKey, NewFlag, Rollout};
 use flags_core::store::{FlagStore, PostgresStore, SqliteStore};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
+pub use flags_testkit::OwnedRedis;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,12 +30,7 @@ pub fn redis_url() -> String {
         .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())
 }
 
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
+pub use flags_testkit::unique;
 
 /// A fresh environment name per test, so tests sharing one Redis never see each other's keys.
 pub fn unique_env() -> Environment {
@@ -61,32 +52,19 @@ pub fn new_flag(key_name: &str, enabled: bool, rollout: i64) -> NewFlag {
 
 /// A PostgreSQL store in a schema of its own, migrated, so tests run in parallel.
 pub async fn postgres_store() -> Arc<PostgresStore> {
-    let url = database_url();
-    let schema = unique("test_");
-    let options = PgConnectOptions::from_str(&url).expect("DATABASE_URL must be a postgres:// URL");
-    let mut admin = options.connect().await.unwrap_or_else(|e| {
-        panic!("PostgreSQL is required for this test and is not reachable ({e}); start it or set DATABASE_URL")
-    });
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    let store = PostgresStore::with_options(options.options([("search_path", schema.as_str())]), 4);
-    store.migrate().await.expect("migrations apply");
-    Arc::new(store)
+    let url = postgres_schema_url().await;
+    Arc::new(PostgresStore::connect_lazy(&url, 4).unwrap())
 }
 
 /// A fresh, migrated PostgreSQL schema, as a URL whose connections use it (for `App::build`).
 pub async fn postgres_schema_url() -> String {
-    let store = postgres_store().await;
-    let schema: String = sqlx::query_scalar("SELECT current_schema()")
-        .fetch_one(store.pool())
+    let url = flags_testkit::postgres::fresh_schema(&database_url(), &unique("test_"))
         .await
-        .unwrap();
-    let base = database_url();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+        .unwrap_or_else(|e| panic!("{e}; start PostgreSQL or set DATABASE_URL"));
+    let store = PostgresStore::connect_lazy(&url, 1).unwrap();
+    store.migrate().await.expect("migrations apply");
+    store.pool().close().await;
+    url
 }
 
 /// A SQLite store in a file of its own under the system temp folder, migrated.
@@ -111,97 +89,13 @@ pub async fn redis_client(url: &str) -> fred::prelude::Client {
     client
 }
 
-/// A Redis server owned by one test, on a spare port: it may be stopped, frozen and restarted
-/// without touching the shared server on 6379.
-pub struct SpareRedis {
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl SpareRedis {
-    pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// (Re)starts the server on the same port and waits until it answers.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                // DEBUG POPULATE fills a test's server with a million keys in a second.
-                "--enable-debug-command",
-                "local",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed for the fault tests");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "spare redis did not start on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the server abruptly (no clean shutdown), as a crash or node loss would.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "CONT");
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    pub fn freeze(&self) {
-        signal(self.pid(), "STOP");
-    }
-
-    pub fn thaw(&self) {
-        signal(self.pid(), "CONT");
-    }
-}
-
-impl Drop for SpareRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
+/// A Redis server owned by one test, on a spare port (the test kit's): it may be killed, frozen
+/// and restarted without touching the shared server. `DEBUG` is allowed: `DEBUG POPULATE`
+/// fills it with a million keys in a second.
+pub async fn spare_redis() -> OwnedRedis {
+    OwnedRedis::start_with_args(&["--enable-debug-command", "local"])
+        .await
+        .expect("redis-server must be installed for the fault tests")
 }
 
 /// Polls `check` every 50 ms until it returns true or `limit` passes.

@@ -7,10 +7,8 @@ pub mod server;
 
 use flags_api::local_keys::LocalKeys;
 use flags_core::Config;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -54,34 +52,14 @@ pub async fn redis_url(db: u8) -> String {
     url
 }
 
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
+pub use flags_testkit::unique;
 
 /// Creates a fresh schema, migrates and seeds it, and returns a URL whose connections use it.
 pub async fn seeded_postgres_url() -> String {
-    let base = database_url();
-    let schema = unique("e2e_");
-    let mut admin = PgConnectOptions::from_str(&base)
-        .unwrap()
-        .connect()
+    let url = flags_testkit::postgres::fresh_schema(&database_url(), &unique("e2e_"))
         .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is required for this test and is not reachable at {base} ({e})")
-        });
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    migrated_and_seeded(format!(
-        "{base}{separator}options=-c%20search_path%3D{schema}"
-    ))
-    .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    migrated_and_seeded(url).await
 }
 
 /// A migrated, seeded SQLite file of its own under the system temp folder, as a URL.
