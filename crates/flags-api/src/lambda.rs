@@ -46,7 +46,7 @@ async fn context_from_env() -> Result<AppContext, InitError> {
 
 /// The database and Redis URLs, from SSM SecureString parameters when their names are
 /// configured (one `GetParameters` call, with decryption), else from the environment.
-pub async fn resolve_urls(
+async fn resolve_urls(
     lookup: &impl Fn(&str) -> Option<String>,
 ) -> Result<(String, Option<String>), InitError> {
     let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
