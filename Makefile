@@ -77,7 +77,8 @@ loadbench: services ## Rust load benchmark: 1/10/50 clients per cache and databa
 ofrepbench: ## OFREP single and bulk (200 and 304) over HTTP next to GET /config/flags, 1/10/50 clients, local server defaults
 	$(BENCH) ofrepbench
 
-faults: services ## Fault-injection suite under load (Redis killed, frozen, READONLY, slow, garbage; PostgreSQL cut)
+# Measures only: `make test` judges the same faults (crates/flags-bench/tests/fault_promises.rs).
+faults: services ## Fault-injection benchmark under load (Redis killed, frozen, READONLY, slow, garbage; PostgreSQL cut)
 	$(BENCH) faults
 
 # Built together with flags-bench so the features (and so the artifacts) match `make test`'s build.

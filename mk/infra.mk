@@ -39,7 +39,7 @@ SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 PIP_INSTALL := -m pip install --quiet --disable-pip-version-check --no-input
 
 .PHONY: tools-infra validate lint-template checkov-template test-template expand-template build \
-        deploy logs start-api infra-lock infra-env-check
+        deploy publish-jwks logs start-api infra-lock infra-env-check
 
 # --- tools ------------------------------------------------------------------------------------
 
@@ -121,12 +121,19 @@ build: infra-env-check $(SAM_VENV)/.installed $(LAMBDA_VENV)/.installed ## sam b
 
 # The migrations run inside the VPC (the migrate function): the pre-traffic hook applies them
 # before each new version gets traffic, and the last line once more for a new stack, whose first
-# versions get no hook.
+# versions get no hook. The JWKS copy (CognitoJwksSource=parameter only) is published before the
+# new versions start, since they read it at init.
 deploy: infra-env-check $(SAM_VENV)/.installed ## sam deploy --config-env ENV (builds first, migrates last; ENV=dev|staging|prod)
 	@$(INFRA_PYTHON) tools/check_samconfig.py $(ENV)
 	@$(MAKE) --no-print-directory -f $(INFRA_MK) build ENV=$(ENV)
+	$(SAM_VENV)/bin/python tools/publish_jwks.py $(ENV)
 	$(SAM) deploy --config-env $(ENV) --language-extensions
 	$(SAM_VENV)/bin/python tools/invoke_migrate.py $(ENV)
+
+# After the user pool rotates its keys: the running functions read the new copy at the first
+# token signed with a new key.
+publish-jwks: infra-env-check $(SAM_VENV)/.installed ## Copy the user pool's JWKS into SSM (CognitoJwksSource=parameter; ENV=dev|staging|prod)
+	$(SAM_VENV)/bin/python tools/publish_jwks.py $(ENV)
 
 logs: infra-env-check $(SAM_VENV)/.installed ## Tail ENV's function logs (FUNCTION=GetFlagsFunction for one)
 	$(SAM) logs --config-env $(ENV) $(if $(FUNCTION),--name $(FUNCTION)) --start-time '$(LOGS_SINCE)' --tail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shlex
 import sys
@@ -124,13 +125,17 @@ class FakeLambdaClient:
         return response
 
 
-def invoke_migrate_module():
+def tools_module(name: str):
+    """A script of tools/, imported as a module."""
     sys.path.insert(0, str(ROOT / "tools"))
     try:
-        import invoke_migrate
+        return __import__(name)
     finally:
         sys.path.pop(0)
-    return invoke_migrate
+
+
+def invoke_migrate_module():
+    return tools_module("invoke_migrate")
 
 
 def test_make_deploy_invokes_the_environment_s_migrate_function(capsys):
@@ -147,3 +152,64 @@ def test_failed_migrations_fail_make_deploy(capsys):
     assert invoke_migrate.main(["invoke_migrate.py", "prod"], client) == 1
     assert "did not apply" in capsys.readouterr().err
     assert invoke_migrate.main(["invoke_migrate.py", "qa"], client) == 2
+
+
+class FakeSsm:
+    def __init__(self):
+        self.calls = []
+
+    def put_parameter(self, **kwargs):
+        self.calls.append(kwargs)
+
+
+POOL_JWKS = '{"keys": [{"kid": "k1", "kty": "RSA", "alg": "RS256", "e": "AQAB", "n": "xyz", "use": "sig"}]}'
+
+
+def jwks_config(source: str) -> dict:
+    overrides = f"Environment=prod CognitoUserPoolId=eu-west-1_AbC CognitoJwksSource={source}"
+    return {"prod": {"deploy": {"parameters": {"parameter_overrides": overrides}}}}
+
+
+def test_publish_jwks_copies_the_pool_s_jwks_into_the_environment_s_parameter(capsys):
+    publish = tools_module("publish_jwks")
+    ssm, fetched = FakeSsm(), []
+
+    def get(url):
+        fetched.append(url)
+        return POOL_JWKS
+
+    assert publish.main(["publish_jwks.py", "prod"], ssm, get, jwks_config("parameter")) == 0
+    assert fetched == ["https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC/.well-known/jwks.json"]
+    (call,) = ssm.calls
+    assert (call["Name"], call["Type"], call["Overwrite"]) == ("/feature-flags/prod/cognito-jwks", "String", True)
+    assert json.loads(call["Value"]) == json.loads(POOL_JWKS)
+    assert "k1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("answer", ['{"keys": []}', "<html>gateway</html>", '{"keys": [{"kty": "RSA"}]}', OSError("refused")])
+def test_publish_jwks_leaves_the_parameter_alone_when_the_jwks_is_unusable(capsys, answer):
+    publish = tools_module("publish_jwks")
+    ssm = FakeSsm()
+
+    def get(url):
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert publish.main(["publish_jwks.py", "prod"], ssm, get, jwks_config("parameter")) == 1
+    assert ssm.calls == []
+    assert "could not publish" in capsys.readouterr().err
+
+
+def test_publish_jwks_does_nothing_for_an_environment_that_fetches_from_the_pool(samconfig):
+    publish = tools_module("publish_jwks")
+    ssm = FakeSsm()
+
+    def get(url):
+        raise AssertionError("nothing to fetch")
+
+    for env in ENVIRONMENTS:
+        assert publish.main(["publish_jwks.py", env], ssm, get, samconfig) == 0
+    assert publish.main(["publish_jwks.py", "prod"], ssm, get, jwks_config("endpoint")) == 0
+    assert ssm.calls == []
+    assert publish.main(["publish_jwks.py", "qa"], ssm, get, samconfig) == 2

@@ -409,6 +409,8 @@ def test_make_deploy_runs_the_migrations_after_the_stack_update():
     infra = (ROOT / "mk" / "infra.mk").read_text()
     deploy = infra[infra.index("\ndeploy:"):infra.index("\nlogs:")]
     assert deploy.index("deploy --config-env") < deploy.index("tools/invoke_migrate.py $(ENV)")
+    # The new versions read the published JWKS copy at init (CognitoJwksSource=parameter).
+    assert deploy.index("tools/publish_jwks.py $(ENV)") < deploy.index("$(SAM) deploy --config-env")
 
 
 # --- Redis -----------------------------------------------------------------------------------
@@ -503,7 +505,10 @@ def test_the_template_route_table_is_the_rust_route_table(source_template, resou
         function = resources[f"{variant}Function"]
         assert function["Metadata"]["BuildProperties"]["Binary"] == binary, variant
         assert (event_of(function)["Method"], event_of(function)["Path"]) == (method, path), variant
-        assert (ROOT / "crates" / "flags-api" / "src" / "bin" / f"{binary}.rs").is_file(), binary
+        main = (ROOT / "crates" / "flags-api" / "src" / "bin" / f"{binary}.rs").read_text()
+        # The OpenAPI document is built in: its function reads no configuration at all.
+        runs = "Function::OpenApi" if variant == "OpenApi" else f"Function::Route(Route::{variant})"
+        assert f"lambda::main({runs})" in main, binary
         assert (ROOT / "events" / f"{binary}.json").is_file(), f"events/{binary}.json"
     # The $default route: a row of the table, no route of Rust's.
     row = table["NotFound"]
@@ -562,13 +567,20 @@ def test_function_environment(template):
         "FLAG_CACHE_TTL_SECONDS": {"Ref": "FlagCacheTtlSeconds"},
         "COGNITO_USER_POOL_ID": {"Ref": "CognitoUserPoolId"},
         "COGNITO_CLIENT_ID": {"Ref": "CognitoClientId"},
+        "COGNITO_JWKS_SSM_PARAMETER": {
+            "Fn::If": [
+                "JwksFromParameter",
+                {"Fn::Sub": "/feature-flags/${Environment}/cognito-jwks"},
+                {"Ref": "AWS::NoValue"},
+            ]
+        },
         "RUST_LOG": "info",
     }
     assert template["Parameters"]["FlagCacheTtlSeconds"]["Default"] == 300
     assert template["Parameters"]["RedisCacheEnabled"]["Default"] == "true"
 
 
-def test_functions_may_read_only_their_two_parameters(resources):
+def test_functions_may_read_only_their_two_parameters(template, resources):
     for name, function in rust_functions(resources).items():
         if name in IO_FREE:
             # Exception: they read no parameter (no database, no Redis), so they get no policy
@@ -579,14 +591,52 @@ def test_functions_may_read_only_their_two_parameters(resources):
             # Exception: its own parameter only (test_migrate_function_reads_its_own_parameter_only).
             continue
         assert function["Properties"]["Policies"] == [{"Ref": "FunctionRuntimePolicy"}], name
-    statements = resources["FunctionRuntimePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    statements = deployed(
+        resources["FunctionRuntimePolicy"]["Properties"]["PolicyDocument"]["Statement"], template, {}
+    )
     assert len(statements) == 2
-    parameters = [
-        {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/database-url"},
-        {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/redis-url"},
-    ]
     # The functions read both URLs with one GetParameters call (crates/flags-api/src/lambda.rs).
-    assert_reads_and_decrypts_only(statements, parameters)
+    assert_reads_and_decrypts_only(statements, SERVICE_PARAMETERS)
+
+
+SERVICE_PARAMETERS = [
+    {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/database-url"},
+    {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/redis-url"},
+]
+
+
+JWKS_PARAMETER = {
+    "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/feature-flags/${Environment}/cognito-jwks"
+}
+
+
+def test_a_pool_with_a_domain_gets_the_jwks_from_its_published_copy(template, resources):
+    # A user pool with a domain does not serve its JWKS through the cognito-idp endpoint:
+    # CognitoJwksSource=parameter points the functions at the copy `make publish-jwks` writes.
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    policy = resources["FunctionRuntimePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    ssm_endpoint = resources["SsmEndpoint"]["Properties"]["PolicyDocument"]
+    by_default = {}
+    published = {"CognitoJwksSource": "parameter"}
+    assert template["Parameters"]["CognitoJwksSource"]["Default"] == "endpoint"
+
+    assert "COGNITO_JWKS_SSM_PARAMETER" not in deployed(variables, template, by_default)
+    assert evaluate(template, {"Condition": "CreateCognitoEndpoint"}, by_default)
+    assert resources["CognitoIdpEndpoint"]["Condition"] == "CreateCognitoEndpoint"
+
+    assert deployed(variables, template, published)["COGNITO_JWKS_SSM_PARAMETER"] == {
+        "Fn::Sub": "/feature-flags/${Environment}/cognito-jwks"
+    }
+    assert not evaluate(template, {"Condition": "CreateCognitoEndpoint"}, published)
+    read, decrypt = deployed(policy, template, published)
+    # Read in the same call as the URLs; nothing to decrypt: the JWKS is public, a String.
+    assert read["Resource"] == [*SERVICE_PARAMETERS, JWKS_PARAMETER]
+    assert decrypt["Condition"]["StringEquals"]["kms:EncryptionContext:PARAMETER_ARN"] == SERVICE_PARAMETERS
+    # The stack's own SSM endpoint serves it too.
+    (statement,) = deployed(ssm_endpoint, template, published)["Statement"]
+    assert statement["Resource"] == [*SERVICE_PARAMETERS, JWKS_PARAMETER]
+    (statement,) = deployed(ssm_endpoint, template, by_default)["Statement"]
+    assert statement["Resource"] == SERVICE_PARAMETERS
 
 
 def assert_reads_and_decrypts_only(statements: list, parameters) -> None:

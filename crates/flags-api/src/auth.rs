@@ -1,8 +1,10 @@
 //! Token verification (contract §2.4): RS256 access tokens checked against a JWKS for
 //! signature, issuer, expiry, `token_use == "access"` and client id. In AWS the JWKS is the
 //! Cognito user pool's, fetched once per execution environment and again (at most once a
-//! minute) when a token names a key it does not hold, as after a rotation; locally it is a file
-//! written by `flagctl`, verified by exactly the same code. A token that passed is kept (by its
+//! minute) when a token names a key it does not hold, as after a rotation. It comes from the
+//! pool's URL, or from a copy the operator published (a [`JwksSource`]: a pool with a domain
+//! cannot serve its JWKS through a VPC endpoint). Locally it is a file written by `flagctl`,
+//! verified by exactly the same code. A token that passed is kept (by its
 //! SHA-256) and answered from memory until it expires, while its signing key is still published.
 
 use crate::api::{ApiError, ApiRequest};
@@ -12,7 +14,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use moka::sync::Cache;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -79,6 +83,15 @@ enum KeyOrigin {
     },
     /// A JWKS file (local runs; `flagctl` writes it).
     File(PathBuf),
+    /// A copy of the JWKS kept elsewhere (in AWS, an SSM parameter).
+    Source(Box<dyn JwksSource>),
+}
+
+/// Where a verifier reads a published copy of the JWKS: again whenever a token names a key the
+/// copy it holds lacks (at most once a minute), so republishing after a rotation is enough.
+pub trait JwksSource: std::fmt::Debug + Send + Sync {
+    /// The JWKS document (JSON) as published now.
+    fn read(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
 }
 
 /// The last fetch attempt, serialised so that concurrent requests wait for one fetch instead of
@@ -153,6 +166,25 @@ impl TokenVerifier {
         let issuer = format!("https://cognito-idp.{region}.amazonaws.com/{user_pool_id}");
         let url = format!("{issuer}/.well-known/jwks.json");
         Self::with_jwks_url(url, issuer, client_id)
+    }
+
+    /// A Cognito user pool whose JWKS is read from `source`, starting from `published` (the
+    /// copy read with the rest of the configuration); an empty or unreadable copy is refused.
+    pub fn cognito_with_source(
+        region: &str,
+        user_pool_id: &str,
+        client_id: Option<String>,
+        published: &str,
+        source: Box<dyn JwksSource>,
+    ) -> Result<Self, AuthError> {
+        let keys = parse_jwks(published).map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
+        let issuer = format!("https://cognito-idp.{region}.amazonaws.com/{user_pool_id}");
+        Ok(Self::new(
+            KeyOrigin::Source(source),
+            Some(keys),
+            issuer,
+            client_id,
+        ))
     }
 
     /// Keys fetched from `url` on first use, and again for an unknown `kid`.
@@ -254,6 +286,10 @@ impl TokenVerifier {
                 .await
                 .map_err(|e| unavailable(&e)),
             KeyOrigin::File(path) => read_jwks_file(path),
+            KeyOrigin::Source(source) => {
+                let text = source.read().await.map_err(|e| unavailable(&e))?;
+                parse_jwks(&text).map_err(|e| unavailable(&e))
+            }
         }
     }
 
@@ -331,6 +367,15 @@ impl TokenVerifier {
         }
         Ok((caller, kid))
     }
+}
+
+/// A JWKS document that holds at least one key: an empty set would reject every token.
+fn parse_jwks(text: &str) -> Result<JwkSet, String> {
+    let keys: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS: {e}"))?;
+    if keys.keys.is_empty() {
+        return Err("the JWKS holds no key".to_owned());
+    }
+    Ok(keys)
 }
 
 fn read_jwks_file(path: &Path) -> Result<JwkSet, AuthError> {
@@ -438,6 +483,75 @@ mod tests {
             );
         }
         assert_eq!(requests.load(Ordering::SeqCst), 1);
+    }
+
+    const KNOWN_KEY: &str =
+        r#"{"keys":[{"kty":"RSA","kid":"known","alg":"RS256","use":"sig","n":"AQAB","e":"AQAB"}]}"#;
+
+    /// A published copy of the JWKS that counts its reads.
+    #[derive(Debug)]
+    struct Published {
+        document: &'static str,
+        reads: Arc<AtomicUsize>,
+    }
+
+    impl JwksSource for Published {
+        fn read(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(self.document.to_owned()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_published_jwks_is_read_again_only_for_an_unknown_kid_once_per_interval() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let source = Published {
+            document: KNOWN_KEY,
+            reads: Arc::clone(&reads),
+        };
+        let verifier = TokenVerifier::cognito_with_source(
+            "eu-west-1",
+            "eu-west-1_x",
+            None,
+            KNOWN_KEY,
+            Box::new(source),
+        )
+        .unwrap();
+        assert!(verifier.has_keys().await);
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            0,
+            "the copy read at start is used"
+        );
+        for _ in 0..3 {
+            let result = verifier.verify(&token_with_kid("rotated")).await;
+            assert!(
+                matches!(&result, Err(AuthError::Rejected(reason)) if reason == "unknown signing key"),
+                "{result:?}"
+            );
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn an_empty_or_malformed_published_jwks_is_refused_at_start() {
+        for document in [r#"{"keys":[]}"#, "<html>", ""] {
+            let source = Published {
+                document,
+                reads: Arc::default(),
+            };
+            let result = TokenVerifier::cognito_with_source(
+                "eu-west-1",
+                "eu-west-1_x",
+                None,
+                document,
+                Box::new(source),
+            );
+            assert!(
+                matches!(&result, Err(AuthError::KeysUnavailable(_))),
+                "{document}: {result:?}"
+            );
+        }
     }
 
     #[tokio::test]

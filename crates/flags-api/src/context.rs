@@ -23,6 +23,8 @@ pub enum InitError {
     Wiring(#[from] WiringError),
     #[error("could not load the JWKS file {path}: {message}")]
     Jwks { path: PathBuf, message: String },
+    #[error("the JWKS published in {parameter} is not usable: {message}")]
+    PublishedJwks { parameter: String, message: String },
 }
 
 /// How tokens are verified.
@@ -113,8 +115,15 @@ pub struct AppContext {
 
 impl AppContext {
     pub async fn new(config: &Config, auth: &AuthConfig) -> Result<Self, InitError> {
+        Self::with_verifier(config, auth.verifier()?).await
+    }
+
+    /// With a verifier built by the caller (the Lambda edge's, over a published JWKS).
+    pub async fn with_verifier(
+        config: &Config,
+        verifier: Option<TokenVerifier>,
+    ) -> Result<Self, InitError> {
         let App { service, redis } = App::build(config).await?;
-        let verifier = auth.verifier()?;
         if let Some(verifier) = &verifier {
             verifier.warm_up().await;
         }

@@ -4,6 +4,7 @@
 //! loop, and reused by every warm invocation.
 
 use crate::api::{ApiError, ApiRequest};
+use crate::auth::{JwksSource, TokenVerifier};
 use crate::context::{AppContext, AuthConfig, InitError};
 use crate::handlers::handle;
 use crate::routes::Route;
@@ -20,13 +21,44 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+/// What a function binary runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    /// One HTTP route.
+    Route(Route),
+    /// The HTTP API's `$default` route.
+    NotFound,
+    /// `GET /openapi.json`.
+    OpenApi,
+    /// The scheduled applier of flag schedules.
+    Scheduler,
+    /// The migrations, invoked by the pre-traffic hook and `make deploy`.
+    Migrator,
+}
+
+/// The whole program of a function binary: its `main` only names the function. Not generic,
+/// so the runtime, the handlers and the AWS SDK are compiled once, in this crate, instead of
+/// once more in each of the 21 binaries.
+pub fn main(function: Function) -> Result<(), lambda_http::Error> {
+    start(async move {
+        match function {
+            Function::Route(route) => run(route).await,
+            Function::NotFound => run_not_found().await,
+            Function::OpenApi => run_openapi().await,
+            Function::Scheduler => run_scheduler().await,
+            Function::Migrator => run_migrator().await,
+        }
+    })
+}
 
 /// Runs a function's main future on a single-threaded Tokio runtime. An execution environment
 /// handles one event at a time, so a second worker thread has nothing to do but be woken: with
 /// one thread, the handler, the Redis and database drivers and the runtime loop never hand work
 /// across threads, which shortens every warm invocation (`make lambdawarm`).
-pub fn start(
+fn start(
     main: impl Future<Output = Result<(), lambda_http::Error>>,
 ) -> Result<(), lambda_http::Error> {
     tokio::runtime::Builder::new_current_thread()
@@ -38,30 +70,39 @@ pub fn start(
 /// The Lambda configuration: process environment and SSM; never `.env` files.
 async fn context_from_env() -> Result<AppContext, InitError> {
     let lookup = |name: &str| std::env::var(name).ok();
-    let (database_url, redis_url) = resolve_urls(&lookup).await?;
+    let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+    let jwks_parameter = get("COGNITO_JWKS_SSM_PARAMETER");
+    let names = [
+        "DATABASE_URL_SSM_PARAMETER",
+        "REDIS_URL_SSM_PARAMETER",
+        "COGNITO_JWKS_SSM_PARAMETER",
+    ];
+    let mut parameters =
+        Parameters::read(names.iter().filter_map(|name| get(name)).collect()).await?;
+    let (database_url, redis_url) = resolve_urls(&get, &mut parameters)?;
     let config = Config::new(database_url, redis_url).with_env_overrides(lookup)?;
     let auth = AuthConfig::from_env(&lookup)?;
-    AppContext::new(&config, &auth).await
+    let verifier = match jwks_parameter {
+        Some(name) => Some(published_jwks_verifier(&auth, name, &mut parameters)?),
+        None => auth.verifier()?,
+    };
+    AppContext::with_verifier(&config, verifier).await
 }
 
-/// The database and Redis URLs, from SSM SecureString parameters when their names are
-/// configured (one `GetParameters` call, with decryption), else from the environment.
-async fn resolve_urls(
-    lookup: &impl Fn(&str) -> Option<String>,
+/// The database and Redis URLs, from their SSM SecureString parameters when their names are
+/// configured, else from the environment.
+fn resolve_urls(
+    get: &impl Fn(&str) -> Option<String>,
+    parameters: &mut Parameters,
 ) -> Result<(String, Option<String>), InitError> {
-    let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-    let database_param = get("DATABASE_URL_SSM_PARAMETER");
-    let redis_param = get("REDIS_URL_SSM_PARAMETER");
-    let names = database_param.iter().chain(redis_param.iter()).cloned();
-    let mut from_ssm = read_parameters(names.collect()).await?;
     let database_url = required_url(
-        &get,
-        &mut from_ssm,
+        get,
+        parameters,
         "DATABASE_URL",
         "DATABASE_URL_SSM_PARAMETER",
     )?;
-    let redis_url = match &redis_param {
-        Some(name) => match from_ssm.remove(name) {
+    let redis_url = match get("REDIS_URL_SSM_PARAMETER") {
+        Some(name) => match parameters.values.remove(&name) {
             Some(value) => Some(value),
             None => {
                 // Removing the parameter is the documented emergency fallback to the in-memory cache.
@@ -74,39 +115,123 @@ async fn resolve_urls(
     Ok((database_url, redis_url))
 }
 
-/// SecureString parameters by name, decrypted, in one `GetParameters` call (none for no name);
-/// a parameter that does not exist is absent from the map.
-async fn read_parameters(names: Vec<String>) -> Result<HashMap<String, String>, InitError> {
-    let mut values = HashMap::new();
-    if names.is_empty() {
-        return Ok(values);
+/// A Cognito verifier over the copy of the pool's JWKS published in the parameter `name`
+/// (`COGNITO_JWKS_SSM_PARAMETER`): a user pool with a domain does not serve its JWKS through
+/// the cognito-idp VPC endpoint. The copy read at init is used at once; the parameter is read
+/// again when a token names a key the copy lacks.
+fn published_jwks_verifier(
+    auth: &AuthConfig,
+    name: String,
+    parameters: &mut Parameters,
+) -> Result<TokenVerifier, InitError> {
+    let AuthConfig::Cognito {
+        region,
+        user_pool_id,
+        client_id,
+    } = auth
+    else {
+        return Err(ConfigError::new(
+            "COGNITO_JWKS_SSM_PARAMETER",
+            "requires COGNITO_USER_POOL_ID (the pool whose JWKS it holds)",
+        )
+        .into());
+    };
+    let (Some(published), Some(client)) =
+        (parameters.values.remove(&name), parameters.client.clone())
+    else {
+        return Err(InitError::MissingParameter(name));
+    };
+    let source = SsmJwks {
+        client,
+        name: name.clone(),
+    };
+    TokenVerifier::cognito_with_source(
+        region,
+        user_pool_id,
+        client_id.clone(),
+        &published,
+        Box::new(source),
+    )
+    .map_err(|error| InitError::PublishedJwks {
+        parameter: name,
+        message: error.to_string(),
+    })
+}
+
+/// The published JWKS, read again from its parameter after a key rotation.
+#[derive(Debug)]
+struct SsmJwks {
+    client: aws_sdk_ssm::Client,
+    name: String,
+}
+
+impl JwksSource for SsmJwks {
+    fn read(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        Box::pin(async move {
+            let output = self
+                .client
+                .get_parameter()
+                .name(&self.name)
+                .send()
+                .await
+                .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(e).to_string())?;
+            output
+                .parameter()
+                .and_then(|parameter| parameter.value())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{} has no value", self.name))
+        })
     }
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let output = aws_sdk_ssm::Client::new(&sdk)
-        .get_parameters()
-        .set_names(Some(names))
-        .with_decryption(true)
-        .send()
-        .await
-        .map_err(|e| InitError::Ssm(aws_sdk_ssm::error::DisplayErrorContext(e).to_string()))?;
-    for parameter in output.parameters() {
-        if let (Some(name), Some(value)) = (parameter.name(), parameter.value()) {
-            values.insert(name.to_owned(), value.to_owned());
+}
+
+/// Parameters read at init, by name, decrypted, in one `GetParameters` call (none for no
+/// name); a parameter that does not exist is absent. The client stays for later reads.
+struct Parameters {
+    client: Option<aws_sdk_ssm::Client>,
+    values: HashMap<String, String>,
+}
+
+impl Parameters {
+    async fn read(names: Vec<String>) -> Result<Self, InitError> {
+        let mut values = HashMap::new();
+        if names.is_empty() {
+            return Ok(Self {
+                client: None,
+                values,
+            });
         }
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let client = aws_sdk_ssm::Client::new(&sdk);
+        let output = client
+            .get_parameters()
+            .set_names(Some(names))
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| InitError::Ssm(aws_sdk_ssm::error::DisplayErrorContext(e).to_string()))?;
+        for parameter in output.parameters() {
+            if let (Some(name), Some(value)) = (parameter.name(), parameter.value()) {
+                values.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        Ok(Self {
+            client: Some(client),
+            values,
+        })
     }
-    Ok(values)
 }
 
 /// A URL that must be configured: the parameter that `parameter_variable` names (read into
-/// `from_ssm`), else the environment variable `variable`.
+/// `parameters`), else the environment variable `variable`.
 fn required_url(
     get: &impl Fn(&str) -> Option<String>,
-    from_ssm: &mut HashMap<String, String>,
+    parameters: &mut Parameters,
     variable: &'static str,
     parameter_variable: &'static str,
 ) -> Result<String, InitError> {
     match get(parameter_variable) {
-        Some(name) => from_ssm
+        Some(name) => parameters
+            .values
             .remove(&name)
             .ok_or(InitError::MissingParameter(name)),
         None => get(variable).ok_or_else(|| {
@@ -129,7 +254,7 @@ async fn init() -> Result<Arc<AppContext>, lambda_http::Error> {
 }
 
 /// Init, then the runtime loop of one HTTP route.
-pub async fn run(route: Route) -> Result<(), lambda_http::Error> {
+async fn run(route: Route) -> Result<(), lambda_http::Error> {
     let context = init().await?;
     lambda_http::run(service_fn(move |event: Request| {
         let context = context.clone();
@@ -146,12 +271,12 @@ pub async fn run(route: Route) -> Result<(), lambda_http::Error> {
 
 /// The runtime loop of the `$default` route: a request that matches no route gets the
 /// contract's 404 body instead of API Gateway's own `{"message":"Not Found"}`.
-pub async fn run_not_found() -> Result<(), lambda_http::Error> {
+async fn run_not_found() -> Result<(), lambda_http::Error> {
     run_without_io("no route", || ApiError::RouteNotFound.into_response()).await
 }
 
 /// The runtime loop of `GET /openapi.json`: the document is built in.
-pub async fn run_openapi() -> Result<(), lambda_http::Error> {
+async fn run_openapi() -> Result<(), lambda_http::Error> {
     run_without_io("openapi", crate::handlers::openapi_document).await
 }
 
@@ -291,7 +416,7 @@ fn emit_metric(name: &str, unit: &str, value: u64, dimensions: &[Dimension]) {
 }
 
 /// Init, then the runtime loop of the scheduled function (any event, e.g. EventBridge's).
-pub async fn run_scheduler() -> Result<(), lambda_http::Error> {
+async fn run_scheduler() -> Result<(), lambda_http::Error> {
     let context = init().await?;
     lambda_http::lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
         let context = context.clone();
@@ -327,10 +452,10 @@ impl From<MigrationFailed> for lambda_http::lambda_runtime::Diagnostic {
 async fn migration_store() -> Result<Arc<dyn FlagStore>, InitError> {
     let lookup = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let names = lookup("MIGRATION_DATABASE_URL_SSM_PARAMETER");
-    let mut from_ssm = read_parameters(names.into_iter().collect()).await?;
+    let mut parameters = Parameters::read(names.into_iter().collect()).await?;
     let url = required_url(
         &lookup,
-        &mut from_ssm,
+        &mut parameters,
         "MIGRATION_DATABASE_URL",
         "MIGRATION_DATABASE_URL_SSM_PARAMETER",
     )?;
@@ -340,7 +465,7 @@ async fn migration_store() -> Result<Arc<dyn FlagStore>, InitError> {
 /// Init, then the runtime loop of the migrate function (any event): each invocation applies the
 /// pending migrations. An applied migration is skipped, and concurrent invocations wait on the
 /// migrator's lock in PostgreSQL, so the hook may run it for every function it gates.
-pub async fn run_migrator() -> Result<(), lambda_http::Error> {
+async fn run_migrator() -> Result<(), lambda_http::Error> {
     telemetry::init(LogFormat::Json);
     let store = match migration_store().await {
         Ok(store) => store,

@@ -1022,12 +1022,17 @@ impl Ssm {
 
     /// Creates a SecureString parameter through the SSM JSON API.
     async fn put_secure(&self, name: &str, value: &str) {
+        self.put(name, value, "SecureString").await;
+    }
+
+    /// Creates or replaces a parameter of `kind` (`String`, `SecureString`).
+    async fn put(&self, name: &str, value: &str, kind: &str) {
         let response = reqwest::Client::new()
             .post(&self.endpoint)
             .header("x-amz-target", "AmazonSSM.PutParameter")
             .header("content-type", "application/x-amz-json-1.1")
             .header("authorization", "AWS4-HMAC-SHA256 Credential=testing/20261126/us-east-1/ssm/aws4_request, SignedHeaders=host, Signature=0")
-            .body(serde_json::json!({"Name": name, "Value": value, "Type": "SecureString"}).to_string())
+            .body(serde_json::json!({"Name": name, "Value": value, "Type": kind, "Overwrite": true}).to_string())
             .send()
             .await
             .unwrap();
@@ -1112,4 +1117,81 @@ async fn a_missing_ssm_parameter_fails_the_init_naming_it_not_the_values() {
         "{logs}"
     );
     assert!(!logs.contains("very-secret-token"), "{logs}");
+}
+
+/// A user pool with a domain cannot serve its JWKS through the VPC endpoint: the operator
+/// publishes a copy in SSM (`COGNITO_JWKS_SSM_PARAMETER`). Tokens of the pool's issuer verify
+/// against it, a rotation needs only a new copy (read again for the unknown key id, by the
+/// running function), and a key never published is refused.
+#[tokio::test]
+async fn a_pool_with_a_domain_verifies_tokens_against_the_jwks_published_in_ssm() {
+    const PARAMETER: &str = "/feature-flags/test/cognito-jwks";
+    const POOL: &str = "us-east-1_FlagsTest";
+    let issuer = format!("https://cognito-idp.us-east-1.amazonaws.com/{POOL}");
+    let ssm = Ssm::start().await;
+    let keys = local_keys();
+    let publish = |keys: &flags_api::local_keys::LocalKeys| {
+        serde_json::to_string(&keys.jwks().unwrap()).unwrap()
+    };
+    ssm.put(PARAMETER, &publish(&keys), "String").await;
+    let mut env = ssm.env();
+    env.extend([
+        ("DATABASE_URL", seeded_postgres_url().await),
+        ("COGNITO_USER_POOL_ID", POOL.to_owned()),
+        (
+            "COGNITO_CLIENT_ID",
+            flags_api::local_keys::LOCAL_CLIENT_ID.to_owned(),
+        ),
+        ("COGNITO_JWKS_SSM_PARAMETER", PARAMETER.to_owned()),
+    ]);
+    let admin = ["admin".to_owned()];
+    let mint = |keys: &flags_api::local_keys::LocalKeys| {
+        keys.mint_with(ADMIN_SUB, &admin, 600, &issuer, "access")
+            .unwrap()
+    };
+    let answer = |token: String| {
+        with_authorization(event("admin-list-flags"), Some(format!("Bearer {token}")))
+    };
+
+    let health = invoke("health", &env, vec![event("health")]).await;
+    assert_eq!(body(&health[0])["auth"], "up", "{}", health[0]);
+
+    let lambda = Lambda::start("admin-list-flags", &env);
+    let response = lambda.invoke_ok(&answer(mint(&keys))).await;
+    assert_eq!(status(&response), 200, "{response}");
+    // The local issuer's token is not the pool's.
+    let other_issuer = keys.mint(ADMIN_SUB, &admin, 600).unwrap();
+    assert_eq!(status(&lambda.invoke_ok(&answer(other_issuer)).await), 401);
+
+    keys.rotate().unwrap();
+    ssm.put(PARAMETER, &publish(&keys), "String").await;
+    let response = lambda.invoke_ok(&answer(mint(&keys))).await;
+    assert_eq!(
+        status(&response),
+        200,
+        "the rotated key is read again: {response}"
+    );
+
+    let stranger = local_keys();
+    stranger.rotate().unwrap();
+    stranger.rotate().unwrap();
+    let response = lambda.invoke_ok(&answer(mint(&stranger))).await;
+    assert_eq!(status(&response), 401, "a key never published: {response}");
+    drop(lambda);
+
+    // Without the copy the init fails, naming the parameter.
+    let mut missing = env.clone();
+    missing.retain(|(name, _)| *name != "COGNITO_JWKS_SSM_PARAMETER");
+    missing.push((
+        "COGNITO_JWKS_SSM_PARAMETER",
+        "/feature-flags/test/none".to_owned(),
+    ));
+    let (_emulator, port) = start_emulator();
+    let output = function_command("health", port)
+        .envs(missing.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "init must fail");
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(logs.contains("/feature-flags/test/none"), "{logs}");
 }

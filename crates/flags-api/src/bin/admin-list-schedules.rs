@@ -1,6 +1,7 @@
 //! Lambda function for `GET /admin/flags/{flagKey}/schedule`.
 use flags_api::Route;
+use flags_api::lambda::Function;
 
 fn main() -> Result<(), lambda_http::Error> {
-    flags_api::lambda::start(flags_api::lambda::run(Route::AdminListSchedules))
+    flags_api::lambda::main(Function::Route(Route::AdminListSchedules))
 }

@@ -1,6 +1,7 @@
 //! Lambda function for `GET /config/flags`.
 use flags_api::Route;
+use flags_api::lambda::Function;
 
 fn main() -> Result<(), lambda_http::Error> {
-    flags_api::lambda::start(flags_api::lambda::run(Route::GetFlags))
+    flags_api::lambda::main(Function::Route(Route::GetFlags))
 }

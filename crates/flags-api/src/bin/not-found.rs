@@ -1,4 +1,6 @@
 //! Lambda function for the HTTP API's `$default` route: any method and path no route matches.
+use flags_api::lambda::Function;
+
 fn main() -> Result<(), lambda_http::Error> {
-    flags_api::lambda::start(flags_api::lambda::run_not_found())
+    flags_api::lambda::main(Function::NotFound)
 }

@@ -12,9 +12,11 @@
 //! `GET /config/flags`) about every millisecond until the new value shows, no invalidation is
 //! pending any more, and further reads confirm it. The propagation time is the start of the
 //! first read after which every read was fresh, from the 2xx (0 when no read after the 2xx was
-//! stale) and, under a fault, from the fault's end. The run fails (exit code 1) when a read is
-//! stale where the promise allows none (Redis healthy, or reachable again within a second of
-//! the commit), or fresh later than 2 s + a 250 ms scheduling margin after the fault ended.
+//! stale) and, under a fault, from the fault's end. The report counts the writes where a read
+//! was stale although the promise allows none (Redis healthy, or reachable again within a
+//! second of the commit), or fresh later than 2 s + a 250 ms scheduling margin after the fault
+//! ended. It measures; the verdict on the same promise is the test
+//! `crates/flags-local/tests/write_propagation.rs`, which `make test` runs.
 //!
 //! `make propagation` runs it; `--help` lists the options.
 
@@ -285,25 +287,18 @@ async fn run(args: &Args) -> Result<(), BoxError> {
     let report = report(&outcomes, started.elapsed());
     fixtures::publish(&report, &args.out)?;
     let failures: Vec<&String> = outcomes.iter().flat_map(|o| &o.failures).collect();
-    if failures.is_empty() {
-        eprintln!(
-            "propagation: the promise held for every write of {} scenarios",
-            outcomes.len()
-        );
-        Ok(())
-    } else {
-        eprintln!(
-            "\npropagation: CONTRACT §3.1 BROKEN in {} write(s):",
-            failures.len()
-        );
-        for failure in failures.iter().take(40) {
-            eprintln!("  - {failure}");
-        }
-        if failures.len() > 40 {
-            eprintln!("  … and {} more", failures.len() - 40);
-        }
-        Err("propagation: the §3.1 promise did not hold (see above)".into())
+    eprintln!(
+        "\npropagation: {} scenarios, {} write(s) outside the §3.1 promise",
+        outcomes.len(),
+        failures.len()
+    );
+    for failure in failures.iter().take(40) {
+        eprintln!("  - {failure}");
     }
+    if failures.len() > 40 {
+        eprintln!("  … and {} more", failures.len() - 40);
+    }
+    Ok(())
 }
 
 impl Rig {
