@@ -29,11 +29,12 @@ $(TEST_TOOLS)/.installed: tools/requirements-test.txt
 
 # The quick tier, in debug: every handler through `handle()` and every `events/*.json` through
 # lambda_http's parser, over SQLite and the in-memory cache, plus the unit tests. It needs no
-# server (the test kit's own tests, which start `redis-server`, run in `make test`); `make test`
-# runs the same tests again in release, next to the ones against PostgreSQL and Redis.
+# server (the test kit's own tests, which start `redis-server`, and flags-bench's, which judge
+# the faults under load, run in `make test`); `make test` runs the same tests again in release,
+# next to the ones against PostgreSQL and Redis.
 check: ## Quick tier, no servers: rustfmt, unit tests, every handler and event in process over SQLite
 	cargo fmt --all -- --check
-	cargo test --locked --workspace --exclude flags-testkit --lib --test in_process
+	cargo test --locked --workspace --exclude flags-testkit --exclude flags-bench --lib --test in_process
 
 # One release build serves the tests and the Lambda binaries the emulator tests run.
 test: services tools-test ## Run the whole test suite against real PostgreSQL and Redis
@@ -77,7 +78,7 @@ loadbench: services ## Rust load benchmark: 1/10/50 clients per cache and databa
 ofrepbench: ## OFREP single and bulk (200 and 304) over HTTP next to GET /config/flags, 1/10/50 clients, local server defaults
 	$(BENCH) ofrepbench
 
-# Measures only: `make test` judges the same faults (crates/flags-bench/tests/fault_promises.rs).
+# Measures only: `make test` judges the same faults (crates/flags-bench/src/faults/promises.rs).
 faults: services ## Fault-injection benchmark under load (Redis killed, frozen, READONLY, slow, garbage; PostgreSQL cut)
 	$(BENCH) faults
 

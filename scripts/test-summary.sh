@@ -72,7 +72,7 @@ awk '
     else if (bin ~ /^schedules/) what = "PostgreSQL + SQLite"
     else if (bin ~ /^write_propagation/) what = "local HTTP servers + PostgreSQL + owned Redis"
     else if (bin ~ /^memory_bound/) what = "flagctl serve process + SQLite, in-memory cache"
-    else if (bin ~ /^fault_promises/) what = "owned Redis + PostgreSQL behind proxies, under load"
+    else if (bin == "unit tests flags_bench") what = "faults under load: owned Redis + PostgreSQL behind proxies"
     if (passed + failed + ignored > 0) printf "  %-40s %4d passed %3d failed %3d ignored  [%s]\n", bin, passed, failed, ignored, what
     total += passed; totalfailed += failed; totalignored += ignored
     if (what != "no external server") against[what] += passed

@@ -1,7 +1,7 @@
 //! The Lambda edge: API Gateway HTTP API (payload v2) events in, responses out. Each function
-//! binary calls [`run`] with its route, on the runtime [`start`] builds; everything is built
-//! during init (configuration from the environment and SSM, pools, JWKS), before the runtime
-//! loop, and reused by every warm invocation.
+//! binary calls [`main`] with its [`Function`], which runs on the runtime [`start`] builds;
+//! everything is built during init (configuration from the environment and SSM, pools, JWKS),
+//! before the runtime loop, and reused by every warm invocation.
 
 use crate::api::{ApiError, ApiRequest};
 use crate::auth::{JwksSource, TokenVerifier};

@@ -4,7 +4,7 @@
 //!
 //! [`run`] measures one fault: requests sent and failed, latency percentiles during the fault,
 //! cache hits during the fault, and the time from the repair until the cache is used again.
-//! The `faults` binary reports those numbers; the test `tests/fault_promises.rs` holds the
+//! The `faults` binary reports those numbers; the test in `faults/promises.rs` holds the
 //! contract's verdict on them.
 
 use crate::cache_events::CacheEvents;
@@ -17,6 +17,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[cfg(test)]
+mod promises;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {

@@ -4,7 +4,7 @@
 //!   cache and database combination, with Redis and PostgreSQL connection counts;
 //! - `faults`: the service under continuous load while Redis is killed, restarted, frozen,
 //!   demoted to a replica, slowed down or filled with garbage, and while PostgreSQL is cut off
-//!   (the contract's verdict on the same runs is the test `tests/fault_promises.rs`);
+//!   (the contract's verdict on the same runs is the test `src/faults/promises.rs`);
 //! - `coldstart`: a release Lambda binary under the Lambda runtime emulator, from process start
 //!   to its first response, with its size and peak memory;
 //! - `lambdawarm`: warm invocations of release Lambda binaries (this version and an earlier one)

@@ -1,7 +1,7 @@
 //! The fault-injection benchmark (AC6 and contract §3): each fault of `flags_bench::faults`
 //! under load, measured: requests sent and failed, latency percentiles and cache hits during
 //! the fault, and the time from the repair until the cache is used again. It reports; the
-//! verdict (no failed request, the cache back) is the test `tests/fault_promises.rs`, which
+//! verdict (no failed request, the cache back) is the test `src/faults/promises.rs`, which
 //! `make test` runs.
 //!
 //! `make faults` runs it; `--help` lists the options.

@@ -1,12 +1,14 @@
 //! The contract's promises under faults (AC6, §3), judged on the runs the `faults` benchmark
-//! measures (`flags_bench::faults`), shorter and with fewer clients: for every fault, no read
-//! and no admin write fails, and the cache is used again after the repair.
+//! measures, shorter and with fewer clients: for every fault, no read and no admin write fails,
+//! and the cache is used again after the repair.
 //!
 //! One test runs the faults one after another: the cache-hit counter reads the service's own
-//! log events, which are process-wide.
+//! log events, which are process-wide. It is a unit test of this crate rather than a file in
+//! `tests/`, because Cargo builds every binary of a package for its integration tests, and the
+//! benchmarks need not be built to judge the faults.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use flags_bench::faults::{self, FAULTS, Fault, Outcome, Plan, Setup};
+use super::{FAULTS, Fault, Outcome, Plan, Setup};
 use std::time::Duration;
 
 fn database_url() -> String {
@@ -55,7 +57,7 @@ async fn no_request_fails_and_the_cache_comes_back_under_every_fault() {
     };
     let mut broken = Vec::new();
     for fault in FAULTS {
-        let outcome = faults::run(&setup, plan, fault).await.unwrap();
+        let outcome = super::run(&setup, plan, fault).await.unwrap();
         broken.extend(broken_promises(&outcome));
     }
     assert!(broken.is_empty(), "{broken:#?}");
