@@ -163,7 +163,7 @@ impl TokenVerifier {
 
     /// A Cognito user pool: issuer `https://cognito-idp.{region}.amazonaws.com/{pool}`.
     pub fn cognito(region: &str, user_pool_id: &str, client_id: Option<String>) -> Self {
-        let issuer = format!("https://cognito-idp.{region}.amazonaws.com/{user_pool_id}");
+        let issuer = cognito_issuer(region, user_pool_id);
         let url = format!("{issuer}/.well-known/jwks.json");
         Self::with_jwks_url(url, issuer, client_id)
     }
@@ -178,7 +178,7 @@ impl TokenVerifier {
         source: Box<dyn JwksSource>,
     ) -> Result<Self, AuthError> {
         let keys = parse_jwks(published).map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
-        let issuer = format!("https://cognito-idp.{region}.amazonaws.com/{user_pool_id}");
+        let issuer = cognito_issuer(region, user_pool_id);
         Ok(Self::new(
             KeyOrigin::Source(source),
             Some(keys),
@@ -367,6 +367,11 @@ impl TokenVerifier {
         }
         Ok((caller, kid))
     }
+}
+
+/// The `iss` of a user pool's tokens, whichever way its JWKS is read.
+fn cognito_issuer(region: &str, user_pool_id: &str) -> String {
+    format!("https://cognito-idp.{region}.amazonaws.com/{user_pool_id}")
 }
 
 /// A JWKS document that holds at least one key: an empty set would reject every token.
